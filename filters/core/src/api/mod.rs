@@ -1,0 +1,174 @@
+//! Request and response shapes of the LLM APIs the suite understands.
+//!
+//! Every struct keeps the fields it does not model in `extra` (`#[serde(flatten)]`), so a filter that
+//! parses, changes and re-serialises a body never drops what the client or provider sent. Typed
+//! `Option` fields are omitted when `None`; an explicit `null` on such a field is therefore not
+//! echoed back (the APIs treat absent and `null` alike).
+
+pub mod anthropic;
+pub mod openai;
+
+use serde_json::{Map, Value};
+
+/// Fields a struct does not model, kept in arrival order for faithful rewrites.
+pub type Extra = Map<String, Value>;
+
+/// Which API a request speaks, decided by its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// `POST /v1/chat/completions`
+    OpenAiChat,
+    /// `POST /v1/completions` (legacy)
+    OpenAiCompletions,
+    /// `POST /v1/embeddings`
+    OpenAiEmbeddings,
+    /// `POST /v1/messages`
+    Anthropic,
+}
+
+impl Provider {
+    /// Detects the API from a request path (`:path`, query string allowed). Prefixes such as
+    /// `/openai/v1/chat/completions` match too, since gateways often mount providers under a prefix.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let path = path.split_once('?').map_or(path, |(p, _)| p).trim_end_matches('/');
+        if path.ends_with("/chat/completions") {
+            Some(Self::OpenAiChat)
+        } else if path.ends_with("/completions") {
+            Some(Self::OpenAiCompletions)
+        } else if path.ends_with("/embeddings") {
+            Some(Self::OpenAiEmbeddings)
+        } else if path.ends_with("/messages") {
+            Some(Self::Anthropic)
+        } else {
+            None
+        }
+    }
+
+    pub const fn is_openai(self) -> bool {
+        !matches!(self, Self::Anthropic)
+    }
+}
+
+/// A request body of any supported API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Chat(openai::ChatCompletionRequest),
+    Completions(openai::CompletionRequest),
+    Embeddings(openai::EmbeddingRequest),
+    Messages(anthropic::MessagesRequest),
+}
+
+impl Request {
+    pub fn parse(provider: Provider, body: &[u8]) -> Result<Self, serde_json::Error> {
+        Ok(match provider {
+            Provider::OpenAiChat => Self::Chat(serde_json::from_slice(body)?),
+            Provider::OpenAiCompletions => Self::Completions(serde_json::from_slice(body)?),
+            Provider::OpenAiEmbeddings => Self::Embeddings(serde_json::from_slice(body)?),
+            Provider::Anthropic => Self::Messages(serde_json::from_slice(body)?),
+        })
+    }
+
+    pub fn to_vec(&self) -> Result<Vec<u8>, serde_json::Error> {
+        match self {
+            Self::Chat(r) => serde_json::to_vec(r),
+            Self::Completions(r) => serde_json::to_vec(r),
+            Self::Embeddings(r) => serde_json::to_vec(r),
+            Self::Messages(r) => serde_json::to_vec(r),
+        }
+    }
+
+    pub fn model(&self) -> &str {
+        match self {
+            Self::Chat(r) => &r.model,
+            Self::Completions(r) => &r.model,
+            Self::Embeddings(r) => &r.model,
+            Self::Messages(r) => &r.model,
+        }
+    }
+
+    pub fn set_model(&mut self, model: impl Into<String>) {
+        let model = model.into();
+        match self {
+            Self::Chat(r) => r.model = model,
+            Self::Completions(r) => r.model = model,
+            Self::Embeddings(r) => r.model = model,
+            Self::Messages(r) => r.model = model,
+        }
+    }
+
+    pub fn is_stream(&self) -> bool {
+        match self {
+            Self::Chat(r) => r.stream == Some(true),
+            Self::Completions(r) => r.stream == Some(true),
+            Self::Embeddings(_) => false,
+            Self::Messages(r) => r.stream == Some(true),
+        }
+    }
+
+    /// The completion budget the client asked for (`max_completion_tokens` wins over the
+    /// deprecated `max_tokens` for chat, as OpenAI does).
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        match self {
+            Self::Chat(r) => r.max_completion_tokens.or(r.max_tokens),
+            Self::Completions(r) => r.max_tokens,
+            Self::Embeddings(_) => None,
+            Self::Messages(r) => Some(r.max_tokens),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn detects_provider_from_path() {
+        let cases = [
+            ("/v1/chat/completions", Some(Provider::OpenAiChat)),
+            ("/v1/chat/completions?x=1", Some(Provider::OpenAiChat)),
+            ("/openai/v1/chat/completions/", Some(Provider::OpenAiChat)),
+            ("/v1/completions", Some(Provider::OpenAiCompletions)),
+            ("/v1/embeddings", Some(Provider::OpenAiEmbeddings)),
+            ("/v1/messages", Some(Provider::Anthropic)),
+            ("/v1/models", None),
+            ("/", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(Provider::from_path(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn request_accessors_cover_every_api() {
+        let chat = Request::parse(
+            Provider::OpenAiChat,
+            br#"{"model":"gpt-4o","messages":[],"stream":true,"max_tokens":5,"max_completion_tokens":9}"#,
+        )
+        .unwrap();
+        assert_eq!((chat.model(), chat.is_stream(), chat.max_output_tokens()), ("gpt-4o", true, Some(9)));
+        let msgs = Request::parse(
+            Provider::Anthropic,
+            br#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        assert_eq!((msgs.model(), msgs.is_stream(), msgs.max_output_tokens()), ("claude-sonnet-4-5", false, Some(64)));
+        let mut emb = Request::parse(Provider::OpenAiEmbeddings, br#"{"model":"e","input":"x"}"#).unwrap();
+        emb.set_model("text-embedding-3-small");
+        assert_eq!(emb.model(), "text-embedding-3-small");
+        assert_eq!(emb.max_output_tokens(), None);
+        let comp = Request::parse(Provider::OpenAiCompletions, br#"{"model":"m","prompt":"p","max_tokens":3}"#)
+            .unwrap();
+        assert_eq!(comp.max_output_tokens(), Some(3));
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        for body in [&b""[..], b"{", b"[]", b"{\"model\":1}", b"\xff\xfe", b"{\"messages\":[]}"] {
+            assert!(Request::parse(Provider::OpenAiChat, body).is_err());
+        }
+        assert!(Request::parse(Provider::Anthropic, br#"{"model":"c","messages":[]}"#).is_err(), "max_tokens is required");
+    }
+}

@@ -1,0 +1,52 @@
+//! Header and filter-state names shared by the suite (see ARCHITECTURE.md, "Contracts").
+//! Every header the suite sets starts with `x-tollgate-`; jwt-auth strips client-sent copies.
+
+pub const PREFIX: &str = "x-tollgate-";
+pub const SUBJECT: &str = "x-tollgate-subject";
+pub const TENANT: &str = "x-tollgate-tenant";
+pub const ROUTE: &str = "x-tollgate-route";
+pub const CACHE: &str = "x-tollgate-cache";
+pub const TEMPLATE: &str = "x-tollgate-template";
+
+/// Values of [`CACHE`].
+pub mod cache {
+    pub const HIT: &str = "hit";
+    pub const SEMANTIC_HIT: &str = "semantic-hit";
+    pub const MISS: &str = "miss";
+    pub const BYPASS: &str = "bypass";
+}
+
+/// Filter-state keys (read in access logs as `%FILTER_STATE(<key>:PLAIN)%`).
+pub mod state {
+    pub const MODEL: &str = "tollgate.model";
+    pub const PROMPT_TOKENS: &str = "tollgate.prompt_tokens";
+    pub const COMPLETION_TOKENS: &str = "tollgate.completion_tokens";
+    pub const ROUTE: &str = "tollgate.route";
+    pub const CACHE: &str = "tollgate.cache";
+    pub const MODERATION: &str = "tollgate.moderation";
+    /// Set by Envoy's AI Protocol Manager when it runs before us; read the model from it when present.
+    pub const ENVOY_AI_MODEL: &str = "envoy.ai.model.request";
+}
+
+/// True when `name` is one of the suite's own headers (case-insensitive, as HTTP header names are).
+pub fn is_tollgate_header(name: &str) -> bool {
+    name.as_bytes()
+        .get(..PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn recognises_suite_headers_case_insensitively() {
+        assert!(is_tollgate_header("x-tollgate-subject"));
+        assert!(is_tollgate_header("X-Tollgate-Route"));
+        assert!(!is_tollgate_header("x-tollgate"));
+        assert!(!is_tollgate_header("authorization"));
+    }
+}

@@ -1,0 +1,14 @@
+//! Pure logic shared by the Tollgate filters. Nothing here imports `proxy_wasm`, so every module is
+//! unit-tested natively and, compiled to `wasm32-unknown-unknown`, again under Node with
+//! wasm-bindgen-test: what runs inside Envoy is what was tested.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod prompt;
+pub mod sse;
+pub mod usage;
+
+pub use api::Provider;
+pub use error::{ApiError, ErrorKind};

@@ -1,0 +1,61 @@
+//! Calls out of the filter through Envoy clusters, as `Result`s: an unknown cluster or a bad
+//! argument is a run-time condition to handle (fail open or closed), never a panic.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallError {
+    /// The cluster does not exist or the arguments were rejected.
+    BadArgument,
+    /// gRPC: the metadata or message could not be parsed.
+    ParseFailure,
+    /// Envoy could not start the call (e.g. cluster not yet ready).
+    InternalFailure,
+    Other(u32),
+}
+
+impl From<Status> for CallError {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::BadArgument => Self::BadArgument,
+            Status::ParseFailure => Self::ParseFailure,
+            Status::InternalFailure => Self::InternalFailure,
+            other => Self::Other(other as u32),
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BadArgument => f.write_str("bad argument (unknown cluster?)"),
+            Self::ParseFailure => f.write_str("parse failure"),
+            Self::InternalFailure => f.write_str("internal failure"),
+            Self::Other(s) => write!(f, "status {s}"),
+        }
+    }
+}
+
+/// HTTP call; the reply arrives in `on_http_call_response` with the returned token.
+pub fn http(
+    cluster: &str,
+    headers: Vec<(&str, &str)>,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<u32, CallError> {
+    hostcalls::dispatch_http_call(cluster, headers, body, vec![], timeout).map_err(CallError::from)
+}
+
+/// Unary gRPC call; the reply arrives in `on_grpc_call_response` with the returned token.
+pub fn grpc(
+    cluster: &str,
+    service: &str,
+    method: &str,
+    message: &[u8],
+    timeout: Duration,
+) -> Result<u32, CallError> {
+    hostcalls::dispatch_grpc_call(cluster, service, method, vec![], Some(message), timeout)
+        .map_err(CallError::from)
+}

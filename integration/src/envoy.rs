@@ -1,0 +1,220 @@
+//! Runs the real Envoy for a test: renders a config from `envoy/` onto free loopback ports, starts
+//! `envoy` (pinned 1.40.0, installed into `.venv` by `scripts/setup.sh`), waits for `/ready`, and
+//! kills it when dropped, printing its log if the test is failing.
+
+use crate::ports::free_port;
+use crate::repo_root;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Ports the configs in `envoy/` use by default; the harness replaces them with free ones.
+pub mod default_ports {
+    pub const LISTENER: u16 = 10000;
+    pub const ADMIN: u16 = 9901;
+    /// Cluster `llm_upstream` (the mock provider in the demo).
+    pub const LLM_UPSTREAM: u16 = 8081;
+    /// Cluster `inference_sidecar`.
+    pub const SIDECAR: u16 = 50051;
+}
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// How to run a config.
+pub struct Options<'a> {
+    /// Path under `envoy/`, e.g. `envoy.yaml`.
+    pub config: &'a str,
+    /// `(default port in the config, port to use instead)` for each upstream.
+    pub upstreams: Vec<(u16, u16)>,
+    /// Further textual replacements applied to the config (e.g. a plugin setting).
+    pub replace: Vec<(String, String)>,
+    pub concurrency: u32,
+}
+
+impl<'a> Options<'a> {
+    pub fn new(config: &'a str) -> Self {
+        Self { config, upstreams: Vec::new(), replace: Vec::new(), concurrency: 1 }
+    }
+
+    pub fn upstream(mut self, default_port: u16, port: u16) -> Self {
+        self.upstreams.push((default_port, port));
+        self
+    }
+
+    pub fn replace(mut self, from: impl Into<String>, to: impl Into<String>) -> Self {
+        self.replace.push((from.into(), to.into()));
+        self
+    }
+}
+
+pub struct Envoy {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    log_path: PathBuf,
+    dir: PathBuf,
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else `.venv/bin/envoy` of this repository.
+pub fn envoy_bin() -> PathBuf {
+    std::env::var_os("ENVOY_BIN").map_or_else(|| repo_root().join(".venv/bin/envoy"), PathBuf::from)
+}
+
+/// Replaces `port_value: <from>` everywhere in a YAML config.
+fn replace_port(config: &str, from: u16, to: u16) -> String {
+    config.replace(&format!("port_value: {from}\n"), &format!("port_value: {to}\n"))
+}
+
+impl Envoy {
+    pub fn start(opts: Options<'_>) -> Result<Self, Error> {
+        let bin = envoy_bin();
+        if !bin.exists() {
+            return Err(format!("{} not found: run scripts/setup.sh (or set ENVOY_BIN)", bin.display()).into());
+        }
+        let template_path = repo_root().join("envoy").join(opts.config);
+        let mut config = std::fs::read_to_string(&template_path)
+            .map_err(|e| format!("reading {}: {e}", template_path.display()))?;
+        let port = free_port()?;
+        let admin_port = free_port()?;
+        for (from, to) in
+            [(default_ports::LISTENER, port), (default_ports::ADMIN, admin_port)].into_iter().chain(opts.upstreams)
+        {
+            let needle = format!("port_value: {from}\n");
+            if !config.contains(&needle) {
+                return Err(format!("{}: no `{}` to replace", opts.config, needle.trim()).into());
+            }
+            config = replace_port(&config, from, to);
+        }
+        for (from, to) in &opts.replace {
+            if !config.contains(from.as_str()) {
+                return Err(format!("{}: no `{from}` to replace", opts.config).into());
+            }
+            config = config.replace(from.as_str(), to);
+        }
+        let dir = std::env::temp_dir().join(format!("tollgate-envoy-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let config_path = dir.join("envoy.yaml");
+        std::fs::write(&config_path, config)?;
+        let log_path = dir.join("envoy.log");
+
+        let mut cmd = Command::new(&bin);
+        cmd.current_dir(repo_root())
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--use-dynamic-base-id", "--concurrency", &opts.concurrency.to_string(), "-l", "info"])
+            .arg("--log-path")
+            .arg(&log_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        kill_with_parent(&mut cmd);
+        let child = cmd.spawn().map_err(|e| format!("spawning {}: {e}", bin.display()))?;
+        let mut envoy = Self { child, port, admin_port, log_path, dir };
+        envoy.wait_ready(Duration::from_secs(30))?;
+        Ok(envoy)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(format!("envoy exited with {status} before ready:\n{}", self.log()).into());
+            }
+            if http_get_status("127.0.0.1", self.admin_port, "/ready") == Some(200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("envoy not ready after {timeout:?}:\n{}", self.log()).into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The value of counter/gauge `name` from `/stats`, if present.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let body = http_get_body("127.0.0.1", self.admin_port, &format!("/stats?filter={name}"))?;
+        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- envoy log ({}) ----\n{}\n---- end of envoy log ----", self.log_path.display(), self.log());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The child gets SIGKILL when the thread that spawned it dies, so even a test process killed
+/// outright (no destructors) leaves no Envoy behind. Each test owns its processes on its own thread.
+#[allow(unsafe_code)]
+fn kill_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
+    // async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Minimal blocking GET for readiness checks (no runtime needed).
+fn http_get(host: &str, port: u16, path: &str) -> Option<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect((host, port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn http_get_status(host: &str, port: u16, path: &str) -> Option<u16> {
+    http_get(host, port, path)?.split(' ').nth(1)?.parse().ok()
+}
+
+fn http_get_body(host: &str, port: u16, path: &str) -> Option<String> {
+    let resp = http_get(host, port, path)?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Some(body.to_owned());
+    }
+    // De-chunk: `<hex size>\r\n<data>\r\n` … `0\r\n\r\n`.
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size + 2..)?;
+    }
+}
