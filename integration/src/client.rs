@@ -18,7 +18,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -43,7 +46,9 @@ impl Default for Client {
 
 impl Client {
     pub fn new() -> Self {
-        Self { inner: HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new()) }
+        Self {
+            inner: HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        }
     }
 
     /// Sends a request and returns the response head with the body still streaming.
@@ -74,7 +79,12 @@ impl Client {
         read(resp).await
     }
 
-    pub async fn post_json(&self, url: &str, headers: &[(&str, &str)], body: &serde_json::Value) -> Result<Response, Error> {
+    pub async fn post_json(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &serde_json::Value,
+    ) -> Result<Response, Error> {
         let mut h = vec![("content-type", "application/json")];
         h.extend_from_slice(headers);
         self.request("POST", url, &h, serde_json::to_vec(body)?).await
@@ -90,10 +100,19 @@ pub async fn read(resp: hyper::Response<Incoming>) -> Result<Response, Error> {
     let headers = resp
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let body = resp.into_body().collect().await?.to_bytes();
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Reads body frames one by one (for streaming tests); `Ok(None)` at the end.

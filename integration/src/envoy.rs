@@ -34,7 +34,12 @@ pub struct Options<'a> {
 
 impl<'a> Options<'a> {
     pub fn new(config: &'a str) -> Self {
-        Self { config, upstreams: Vec::new(), replace: Vec::new(), concurrency: 1 }
+        Self {
+            config,
+            upstreams: Vec::new(),
+            replace: Vec::new(),
+            concurrency: 1,
+        }
     }
 
     pub fn upstream(mut self, default_port: u16, port: u16) -> Self {
@@ -70,15 +75,23 @@ impl Envoy {
     pub fn start(opts: Options<'_>) -> Result<Self, Error> {
         let bin = envoy_bin();
         if !bin.exists() {
-            return Err(format!("{} not found: run scripts/setup.sh (or set ENVOY_BIN)", bin.display()).into());
+            return Err(format!(
+                "{} not found: run scripts/setup.sh (or set ENVOY_BIN)",
+                bin.display()
+            )
+            .into());
         }
         let template_path = repo_root().join("envoy").join(opts.config);
         let mut config = std::fs::read_to_string(&template_path)
             .map_err(|e| format!("reading {}: {e}", template_path.display()))?;
         let port = free_port()?;
         let admin_port = free_port()?;
-        for (from, to) in
-            [(default_ports::LISTENER, port), (default_ports::ADMIN, admin_port)].into_iter().chain(opts.upstreams)
+        for (from, to) in [
+            (default_ports::LISTENER, port),
+            (default_ports::ADMIN, admin_port),
+        ]
+        .into_iter()
+        .chain(opts.upstreams)
         {
             let needle = format!("port_value: {from}\n");
             if !config.contains(&needle) {
@@ -102,15 +115,29 @@ impl Envoy {
         cmd.current_dir(repo_root())
             .arg("-c")
             .arg(&config_path)
-            .args(["--use-dynamic-base-id", "--concurrency", &opts.concurrency.to_string(), "-l", "info"])
+            .args([
+                "--use-dynamic-base-id",
+                "--concurrency",
+                &opts.concurrency.to_string(),
+                "-l",
+                "info",
+            ])
             .arg("--log-path")
             .arg(&log_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         kill_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|e| format!("spawning {}: {e}", bin.display()))?;
-        let mut envoy = Self { child, port, admin_port, log_path, dir };
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", bin.display()))?;
+        let mut envoy = Self {
+            child,
+            port,
+            admin_port,
+            log_path,
+            dir,
+        };
         envoy.wait_ready(Duration::from_secs(30))?;
         Ok(envoy)
     }
@@ -147,7 +174,8 @@ impl Envoy {
     /// The value of counter/gauge `name` from `/stats`, if present.
     pub fn stat(&self, name: &str) -> Option<u64> {
         let body = http_get_body("127.0.0.1", self.admin_port, &format!("/stats?filter={name}"))?;
-        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
     }
 
     pub fn config_dir(&self) -> &Path {
@@ -160,7 +188,11 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("---- envoy log ({}) ----\n{}\n---- end of envoy log ----", self.log_path.display(), self.log());
+            eprintln!(
+                "---- envoy log ({}) ----\n{}\n---- end of envoy log ----",
+                self.log_path.display(),
+                self.log()
+            );
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -189,7 +221,11 @@ fn http_get(host: &str, port: u16, path: &str) -> Option<String> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect((host, port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)

@@ -9,11 +9,12 @@ static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
 /// The encoding OpenAI uses for `model`: cl100k_base for the gpt-4 / gpt-3.5 / embedding families,
 /// o200k_base for gpt-4o, gpt-4.1, gpt-5, o-series and anything else (the mock's default).
 pub fn encoding_for(model: &str) -> Option<&'static CoreBPE> {
-    let cl100k = (model.starts_with("gpt-4") && !model.starts_with("gpt-4o") && !model.starts_with("gpt-4.1"))
-        || model.starts_with("gpt-3.5")
-        || model.starts_with("text-embedding-")
-        || model.starts_with("davinci-002")
-        || model.starts_with("babbage-002");
+    let cl100k =
+        (model.starts_with("gpt-4") && !model.starts_with("gpt-4o") && !model.starts_with("gpt-4.1"))
+            || model.starts_with("gpt-3.5")
+            || model.starts_with("text-embedding-")
+            || model.starts_with("davinci-002")
+            || model.starts_with("babbage-002");
     if cl100k {
         CL100K.get_or_init(|| tiktoken_rs::cl100k_base().ok()).as_ref()
     } else {
@@ -27,7 +28,9 @@ pub fn count(model: &str, text: &str) -> u64 {
 
 /// The first `max` tokens of `text`, and whether it was cut.
 pub fn truncate(model: &str, text: &str, max: u64) -> (String, bool) {
-    let Some(bpe) = encoding_for(model) else { return (text.to_owned(), false) };
+    let Some(bpe) = encoding_for(model) else {
+        return (text.to_owned(), false);
+    };
     let toks = bpe.encode_with_special_tokens(text);
     if toks.len() as u64 <= max {
         return (text.to_owned(), false);
@@ -35,10 +38,8 @@ pub fn truncate(model: &str, text: &str, max: u64) -> (String, bool) {
     // Back off until the cut lands on a UTF-8 boundary.
     let mut n = max as usize;
     while n > 0 {
-        if let Some(prefix) = toks.get(..n) {
-            if let Ok(s) = bpe.decode(prefix) {
-                return (s, true);
-            }
+        if let Some(Ok(s)) = toks.get(..n).map(|prefix| bpe.decode(prefix)) {
+            return (s, true);
         }
         n -= 1;
     }

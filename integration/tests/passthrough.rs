@@ -1,5 +1,6 @@
 //! The foundation's contract with Envoy: requests of both APIs, streaming and not, pass through the
 //! demo chain byte-for-byte, and bodies over the gateway's limit get 413 in the OpenAI error shape.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is a test failure
 
 use serde_json::{Value, json};
 use tollgate_it::client::{self, Client};
@@ -15,19 +16,31 @@ fn stack() -> (MockLlm, Envoy) {
 
 /// Sends `body` to `path` directly and through Envoy; both must answer the same status,
 /// content-type and body bytes.
-async fn assert_identical(mock: &MockLlm, envoy: &Envoy, path: &str, body: &Value, headers: &[(&str, &str)]) -> client::Response {
+async fn assert_identical(
+    mock: &MockLlm,
+    envoy: &Envoy,
+    path: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> client::Response {
     let c = Client::new();
     let direct = c.post_json(&mock.url(path), headers, body).await.unwrap();
     let proxied = c.post_json(&envoy.url(path), headers, body).await.unwrap();
     assert_eq!(proxied.status, direct.status, "{path}: {}", proxied.text());
     assert_eq!(proxied.header("content-type"), direct.header("content-type"));
-    assert_eq!(proxied.text(), direct.text(), "{path}: body differs through Envoy");
+    assert_eq!(
+        proxied.text(),
+        direct.text(),
+        "{path}: body differs through Envoy"
+    );
     proxied
 }
 
 fn sse_data(body: &[u8]) -> Vec<String> {
     let mut events = Vec::new();
-    filter_core::sse::SseParser::default().feed(body, &mut events).unwrap();
+    filter_core::sse::SseParser::default()
+        .feed(body, &mut events)
+        .unwrap();
     events.into_iter().filter_map(|e| e.data).collect()
 }
 
@@ -73,7 +86,9 @@ async fn anthropic_messages_json_and_stream_pass_through_unchanged() {
     stream_req["stream"] = json!(true);
     let r = assert_identical(&mock, &envoy, "/v1/messages", &stream_req, &headers).await;
     let mut events = Vec::new();
-    filter_core::sse::SseParser::default().feed(&r.body, &mut events).unwrap();
+    filter_core::sse::SseParser::default()
+        .feed(&r.body, &mut events)
+        .unwrap();
     let names: Vec<&str> = events.iter().filter_map(|e| e.event.as_deref()).collect();
     assert_eq!(names.first(), Some(&"message_start"));
     assert_eq!(names.last(), Some(&"message_stop"));
@@ -96,17 +111,27 @@ async fn body_over_the_limit_gets_413_in_openai_shape() {
     let (mock, envoy) = stack();
     let big = "x".repeat(1_100_000);
     let req = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": big}]});
-    let r = Client::new().post_json(&envoy.url("/v1/chat/completions"), &[], &req).await.unwrap();
+    let r = Client::new()
+        .post_json(&envoy.url("/v1/chat/completions"), &[], &req)
+        .await
+        .unwrap();
     assert_eq!(r.status, 413);
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v = r.json();
     assert_eq!(v["error"]["code"], "request_too_large");
     assert_eq!(v["error"]["type"], "invalid_request_error");
-    assert_eq!(mock.journal.count(), 0, "the upstream never saw the oversized request");
+    assert_eq!(
+        mock.journal.count(),
+        0,
+        "the upstream never saw the oversized request"
+    );
 
     // Just under the limit passes.
     let ok = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "y".repeat(1_000_000)}]});
-    let r = Client::new().post_json(&envoy.url("/v1/chat/completions"), &[], &ok).await.unwrap();
+    let r = Client::new()
+        .post_json(&envoy.url("/v1/chat/completions"), &[], &ok)
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
 }
 
@@ -114,12 +139,22 @@ async fn body_over_the_limit_gets_413_in_openai_shape() {
 async fn upstream_errors_pass_through_and_no_upstream_is_a_json_503() {
     let (mock, envoy) = stack();
     let req = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
-    let r = Client::new().post_json(&envoy.url("/v1/chat/completions"), &[("x-mock-status", "429")], &req).await.unwrap();
+    let r = Client::new()
+        .post_json(
+            &envoy.url("/v1/chat/completions"),
+            &[("x-mock-status", "429")],
+            &req,
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["type"], "rate_limit_error");
     drop(mock);
     // With the upstream gone, Envoy's own reply keeps the OpenAI error shape.
-    let r = Client::new().post_json(&envoy.url("/v1/chat/completions"), &[], &req).await.unwrap();
+    let r = Client::new()
+        .post_json(&envoy.url("/v1/chat/completions"), &[], &req)
+        .await
+        .unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"]["type"], "upstream_error");
 }
@@ -129,18 +164,43 @@ async fn streams_arrive_incrementally_and_a_reset_mid_stream_reaches_the_client(
     let (_mock, envoy) = stack();
     let req = json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let c = Client::new();
-    let headers = [("content-type", "application/json"), ("x-mock-chunks", "5"), ("x-mock-chunk-bytes", "10"), ("x-mock-chunk-delay-ms", "150")];
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-mock-chunks", "5"),
+        ("x-mock-chunk-bytes", "10"),
+        ("x-mock-chunk-delay-ms", "150"),
+    ];
     let start = std::time::Instant::now();
-    let resp = c.send("POST", &envoy.url("/v1/chat/completions"), &headers, serde_json::to_vec(&req).unwrap()).await.unwrap();
+    let resp = c
+        .send(
+            "POST",
+            &envoy.url("/v1/chat/completions"),
+            &headers,
+            serde_json::to_vec(&req).unwrap(),
+        )
+        .await
+        .unwrap();
     let mut body = resp.into_body();
     let first = client::next_chunk(&mut body).await.unwrap().unwrap();
     // The first event arrives long before the whole stream (5 × 150 ms) could have been produced.
-    assert!(start.elapsed() < std::time::Duration::from_millis(600), "first chunk after {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < std::time::Duration::from_millis(600),
+        "first chunk after {:?}",
+        start.elapsed()
+    );
     assert!(first.starts_with(b"data: "));
     while client::next_chunk(&mut body).await.unwrap().is_some() {}
 
     let headers = [("content-type", "application/json"), ("x-mock-reset-after", "2")];
-    let resp = c.send("POST", &envoy.url("/v1/chat/completions"), &headers, serde_json::to_vec(&req).unwrap()).await.unwrap();
+    let resp = c
+        .send(
+            "POST",
+            &envoy.url("/v1/chat/completions"),
+            &headers,
+            serde_json::to_vec(&req).unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let mut got_error = false;
@@ -154,5 +214,8 @@ async fn streams_arrive_incrementally_and_a_reset_mid_stream_reaches_the_client(
             }
         }
     }
-    assert!(got_error, "a reset upstream must not look like a complete stream to the client");
+    assert!(
+        got_error,
+        "a reset upstream must not look like a complete stream to the client"
+    );
 }

@@ -14,20 +14,30 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn field(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
 /// Parses `bytes` as JSON into `T`. Types should use `#[serde(deny_unknown_fields)]` so typos are
 /// rejected instead of silently ignored. An empty configuration parses as `{}`.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
-    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { bytes };
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        bytes
+    };
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         // serde_json appends " at line X column Y"; keep it, it helps with hand-written configs.
-        ConfigError { path, message: inner.to_string() }
+        ConfigError {
+            path,
+            message: inner.to_string(),
+        }
     })
 }
 
@@ -71,7 +81,11 @@ mod tests {
     fn rejects_unknown_fields_by_name() {
         let err = parse::<Config>(br#"{"providers":[{"issuer":"a","audience":["x"]}]}"#).unwrap_err();
         assert_eq!(err.path, "providers[0].audience");
-        assert!(err.message.contains("unknown field `audience`"), "{}", err.message);
+        assert!(
+            err.message.contains("unknown field `audience`"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -82,13 +96,22 @@ mod tests {
 
     #[test]
     fn empty_config_means_defaults() {
-        assert_eq!(parse::<Config>(b"  ").unwrap(), Config { providers: vec![], max_body_bytes: 1024 });
+        assert_eq!(
+            parse::<Config>(b"  ").unwrap(),
+            Config {
+                providers: vec![],
+                max_body_bytes: 1024
+            }
+        );
     }
 
     #[test]
     fn syntax_error_names_the_document() {
         let err = parse::<Config>(b"{\"providers\": [").unwrap_err();
         assert!(err.message.contains("EOF"), "{}", err.message);
-        assert_eq!(err.to_string(), format!("invalid configuration at `{}`: {}", err.path, err.message));
+        assert_eq!(
+            err.to_string(),
+            format!("invalid configuration at `{}`: {}", err.path, err.message)
+        );
     }
 }

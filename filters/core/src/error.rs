@@ -77,7 +77,11 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, code: &'static str, message: impl Into<String>) -> Self {
-        Self { kind, code, message: message.into() }
+        Self {
+            kind,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -99,15 +103,29 @@ impl ApiError {
     /// The JSON body. Serialising three strings cannot fail; the fallback keeps that promise
     /// without a panic path.
     pub fn to_json(&self) -> Vec<u8> {
-        let envelope =
-            Envelope { error: Body { message: &self.message, kind: self.kind.type_str(), code: self.code } };
-        serde_json::to_vec(&envelope).unwrap_or_else(|_| br#"{"error":{"message":"internal error","type":"server_error","code":"internal"}}"#.to_vec())
+        let envelope = Envelope {
+            error: Body {
+                message: &self.message,
+                kind: self.kind.type_str(),
+                code: self.code,
+            },
+        };
+        serde_json::to_vec(&envelope).unwrap_or_else(|_| {
+            br#"{"error":{"message":"internal error","type":"server_error","code":"internal"}}"#.to_vec()
+        })
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} ({}): {}", self.status(), self.kind.type_str(), self.code, self.message)
+        write!(
+            f,
+            "{} {} ({}): {}",
+            self.status(),
+            self.kind.type_str(),
+            self.code,
+            self.message
+        )
     }
 }
 

@@ -69,22 +69,46 @@ pub fn segments(req: &Request) -> Vec<Segment<'_>> {
 /// semantic-cache keys. For completions/embeddings, the whole input.
 pub fn last_user_text(req: &Request) -> Option<String> {
     let segs = segments(req);
-    let last = segs.iter().rev().find(|s| s.role == Role::User && s.message.is_some()).map(|s| s.message);
+    let last = segs
+        .iter()
+        .rev()
+        .find(|s| s.role == Role::User && s.message.is_some())
+        .map(|s| s.message);
     let pick: Vec<&str> = match last {
-        Some(idx) => segs.iter().filter(|s| s.message == idx && s.role == Role::User).map(|s| s.text).collect(),
-        None => segs.iter().filter(|s| s.message.is_none() && s.role == Role::User).map(|s| s.text).collect(),
+        Some(idx) => segs
+            .iter()
+            .filter(|s| s.message == idx && s.role == Role::User)
+            .map(|s| s.text)
+            .collect(),
+        None => segs
+            .iter()
+            .filter(|s| s.message.is_none() && s.role == Role::User)
+            .map(|s| s.text)
+            .collect(),
     };
-    if pick.is_empty() { None } else { Some(pick.join("\n")) }
+    if pick.is_empty() {
+        None
+    } else {
+        Some(pick.join("\n"))
+    }
 }
 
 fn chat_message<'a>(i: usize, m: &'a openai::ChatMessage, f: &mut impl FnMut(Segment<'a>)) {
     let role = Role::parse(&m.role);
     match &m.content {
-        Some(openai::Content::Text(t)) => f(Segment { message: Some(i), role, text: t }),
+        Some(openai::Content::Text(t)) => f(Segment {
+            message: Some(i),
+            role,
+            text: t,
+        }),
         Some(openai::Content::Parts(parts)) => {
             for p in parts {
                 if let Some(t) = &p.text {
-                    f(Segment { message: Some(i), role, text: t });
+                    f(Segment {
+                        message: Some(i),
+                        role,
+                        text: t,
+                    });
                 }
             }
         }
@@ -94,7 +118,11 @@ fn chat_message<'a>(i: usize, m: &'a openai::ChatMessage, f: &mut impl FnMut(Seg
     if let Some(Value::Array(calls)) = m.extra.get("tool_calls") {
         for call in calls {
             if let Some(Value::String(args)) = call.get("function").and_then(|f| f.get("arguments")) {
-                f(Segment { message: Some(i), role, text: args });
+                f(Segment {
+                    message: Some(i),
+                    role,
+                    text: args,
+                });
             }
         }
     }
@@ -107,11 +135,19 @@ fn anthropic_content<'a>(
     f: &mut impl FnMut(Segment<'a>),
 ) {
     match content {
-        anthropic::Content::Text(t) => f(Segment { message: i, role, text: t }),
+        anthropic::Content::Text(t) => f(Segment {
+            message: i,
+            role,
+            text: t,
+        }),
         anthropic::Content::Blocks(blocks) => {
             for b in blocks {
                 match (b.kind.as_str(), &b.text, &b.content) {
-                    (_, Some(t), _) => f(Segment { message: i, role, text: t }),
+                    (_, Some(t), _) => f(Segment {
+                        message: i,
+                        role,
+                        text: t,
+                    }),
                     ("tool_result", None, Some(inner)) => anthropic_content(i, Role::Tool, inner, f),
                     _ => {}
                 }
@@ -122,11 +158,19 @@ fn anthropic_content<'a>(
 
 fn strings<'a>(v: &'a Value, role: Role, f: &mut impl FnMut(Segment<'a>)) {
     match v {
-        Value::String(s) => f(Segment { message: None, role, text: s }),
+        Value::String(s) => f(Segment {
+            message: None,
+            role,
+            text: s,
+        }),
         Value::Array(items) => {
             for item in items {
                 if let Value::String(s) = item {
-                    f(Segment { message: None, role, text: s });
+                    f(Segment {
+                        message: None,
+                        role,
+                        text: s,
+                    });
                 }
             }
         }
@@ -144,7 +188,10 @@ mod tests {
 
     fn texts(provider: Provider, body: &str) -> Vec<(Role, String)> {
         let req = Request::parse(provider, body.as_bytes()).unwrap();
-        segments(&req).into_iter().map(|s| (s.role, s.text.to_owned())).collect()
+        segments(&req)
+            .into_iter()
+            .map(|s| (s.role, s.text.to_owned()))
+            .collect()
     }
 
     #[test]
@@ -194,8 +241,14 @@ mod tests {
 
     #[test]
     fn completions_and_embeddings_inputs() {
-        assert_eq!(texts(Provider::OpenAiCompletions, r#"{"model":"m","prompt":["a","b"]}"#).len(), 2);
-        assert_eq!(texts(Provider::OpenAiEmbeddings, r#"{"model":"m","input":"x"}"#), [(Role::User, "x".into())]);
+        assert_eq!(
+            texts(Provider::OpenAiCompletions, r#"{"model":"m","prompt":["a","b"]}"#).len(),
+            2
+        );
+        assert_eq!(
+            texts(Provider::OpenAiEmbeddings, r#"{"model":"m","input":"x"}"#),
+            [(Role::User, "x".into())]
+        );
         assert!(texts(Provider::OpenAiEmbeddings, r#"{"model":"m","input":[1,2,3]}"#).is_empty());
     }
 
@@ -211,8 +264,11 @@ mod tests {
         assert_eq!(last_user_text(&req).as_deref(), Some("new\nquestion"));
         let req = Request::parse(Provider::OpenAiCompletions, br#"{"model":"m","prompt":"p"}"#).unwrap();
         assert_eq!(last_user_text(&req).as_deref(), Some("p"));
-        let req = Request::parse(Provider::OpenAiChat, br#"{"model":"m","messages":[{"role":"system","content":"s"}]}"#)
-            .unwrap();
+        let req = Request::parse(
+            Provider::OpenAiChat,
+            br#"{"model":"m","messages":[{"role":"system","content":"s"}]}"#,
+        )
+        .unwrap();
         assert_eq!(last_user_text(&req), None);
     }
 }

@@ -71,7 +71,13 @@ impl Default for SseParser {
 
 impl SseParser {
     pub fn new(max_event_bytes: usize) -> Self {
-        Self { line: Vec::new(), current: Event::default(), after_cr: false, started: false, max_event_bytes }
+        Self {
+            line: Vec::new(),
+            current: Event::default(),
+            after_cr: false,
+            started: false,
+            max_event_bytes,
+        }
     }
 
     /// Parses `chunk`, appending every event it completes to `out`.
@@ -93,7 +99,9 @@ impl SseParser {
         }
         while let Some(pos) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
             let (line, tail) = rest.split_at(pos);
-            let Some((&term, mut tail)) = tail.split_first() else { break };
+            let Some((&term, mut tail)) = tail.split_first() else {
+                break;
+            };
             self.line.extend_from_slice(line);
             self.current.raw.extend_from_slice(line);
             self.current.raw.push(term);
@@ -111,7 +119,9 @@ impl SseParser {
         self.line.extend_from_slice(rest);
         self.current.raw.extend_from_slice(rest);
         if self.current.raw.len() > self.max_event_bytes {
-            return Err(SseError::EventTooLarge { limit: self.max_event_bytes });
+            return Err(SseError::EventTooLarge {
+                limit: self.max_event_bytes,
+            });
         }
         Ok(())
     }
@@ -177,7 +187,10 @@ mod tests {
     #[test]
     fn splits_at_every_byte_give_the_same_events() {
         let whole = parse_in_pieces(OPENAI, &[]);
-        assert_eq!(data(&whole), [Some("{\"a\":1}"), Some("{\"b\":2}"), Some("[DONE]")]);
+        assert_eq!(
+            data(&whole),
+            [Some("{\"a\":1}"), Some("{\"b\":2}"), Some("[DONE]")]
+        );
         assert!(whole[2].is_done());
         for cut in 0..OPENAI.len() {
             assert_eq!(parse_in_pieces(OPENAI, &[cut]), whole, "cut at {cut}");
@@ -232,7 +245,10 @@ mod tests {
         for cut in 0..input.len() {
             assert_eq!(parse_in_pieces(input, &[cut]), whole);
         }
-        assert_eq!(whole[0].data.as_deref(), Some("{\"text\":\"caf\u{e9} \u{1F600}\"}"));
+        assert_eq!(
+            whole[0].data.as_deref(),
+            Some("{\"text\":\"caf\u{e9} \u{1F600}\"}")
+        );
     }
 
     #[test]

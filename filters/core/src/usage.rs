@@ -107,18 +107,30 @@ impl StreamUsage {
     }
 
     pub fn observe(&mut self, provider: Provider, event: &Event) -> Observed {
-        let Some(data) = event.data.as_deref() else { return Observed::Nothing };
+        let Some(data) = event.data.as_deref() else {
+            return Observed::Nothing;
+        };
         // Cheap pre-check: most chunks carry no usage object, skip parsing them.
         if !has_usage_object(data) {
             return Observed::Nothing;
         }
         if provider.is_openai() {
-            let Ok(probe) = serde_json::from_str::<OpenAiProbe>(data) else { return Observed::Nothing };
-            let Some(u) = probe.usage else { return Observed::Nothing };
+            let Ok(probe) = serde_json::from_str::<OpenAiProbe>(data) else {
+                return Observed::Nothing;
+            };
+            let Some(u) = probe.usage else {
+                return Observed::Nothing;
+            };
             self.usage = Some(TokenUsage::from_openai(&u));
-            if probe.choices.is_empty() { Observed::UsageOnlyChunk } else { Observed::Usage }
+            if probe.choices.is_empty() {
+                Observed::UsageOnlyChunk
+            } else {
+                Observed::Usage
+            }
         } else {
-            let Ok(probe) = serde_json::from_str::<AnthropicProbe>(data) else { return Observed::Nothing };
+            let Ok(probe) = serde_json::from_str::<AnthropicProbe>(data) else {
+                return Observed::Nothing;
+            };
             let current = self.usage.get_or_insert_with(TokenUsage::default);
             if let Some(u) = probe.message.and_then(|m| m.usage) {
                 // message_start: the input side, and an initial output count.
@@ -151,10 +163,11 @@ fn has_usage_object(data: &str) -> bool {
     while let Some(i) = rest.find("\"usage\"") {
         rest = rest.get(i + 7..).unwrap_or("");
         let after = rest.trim_start();
-        if let Some(value) = after.strip_prefix(':') {
-            if value.trim_start().starts_with('{') {
-                return true;
-            }
+        if after
+            .strip_prefix(':')
+            .is_some_and(|v| v.trim_start().starts_with('{'))
+        {
+            return true;
         }
     }
     false
@@ -178,7 +191,15 @@ mod tests {
     fn openai_json_usage_splits_cached_tokens_out() {
         let body = br#"{"id":"c","object":"chat.completion","choices":[],"usage":{"prompt_tokens":100,"completion_tokens":7,"total_tokens":107,"prompt_tokens_details":{"cached_tokens":60}}}"#;
         let u = from_response(Provider::OpenAiChat, body).unwrap();
-        assert_eq!(u, TokenUsage { input_tokens: 40, cache_read_tokens: 60, cache_write_tokens: 0, output_tokens: 7 });
+        assert_eq!(
+            u,
+            TokenUsage {
+                input_tokens: 40,
+                cache_read_tokens: 60,
+                cache_write_tokens: 0,
+                output_tokens: 7
+            }
+        );
         assert_eq!((u.total_input(), u.total()), (100, 107));
     }
 
@@ -186,7 +207,15 @@ mod tests {
     fn anthropic_json_usage_keeps_cache_fields_separate() {
         let body = br#"{"type":"message","content":[],"usage":{"input_tokens":12,"output_tokens":30,"cache_read_input_tokens":1000,"cache_creation_input_tokens":200}}"#;
         let u = from_response(Provider::Anthropic, body).unwrap();
-        assert_eq!(u, TokenUsage { input_tokens: 12, cache_read_tokens: 1000, cache_write_tokens: 200, output_tokens: 30 });
+        assert_eq!(
+            u,
+            TokenUsage {
+                input_tokens: 12,
+                cache_read_tokens: 1000,
+                cache_write_tokens: 200,
+                output_tokens: 30
+            }
+        );
         assert_eq!(u.total_input(), 1212);
     }
 
@@ -205,9 +234,22 @@ mod tests {
             "data: [DONE]\n\n"
         );
         let mut acc = StreamUsage::default();
-        let seen: Vec<Observed> = events(stream).iter().map(|e| acc.observe(Provider::OpenAiChat, e)).collect();
-        assert_eq!(seen, [Observed::Nothing, Observed::UsageOnlyChunk, Observed::Nothing]);
-        assert_eq!(acc.usage(), Some(TokenUsage { input_tokens: 9, output_tokens: 4, ..Default::default() }));
+        let seen: Vec<Observed> = events(stream)
+            .iter()
+            .map(|e| acc.observe(Provider::OpenAiChat, e))
+            .collect();
+        assert_eq!(
+            seen,
+            [Observed::Nothing, Observed::UsageOnlyChunk, Observed::Nothing]
+        );
+        assert_eq!(
+            acc.usage(),
+            Some(TokenUsage {
+                input_tokens: 9,
+                output_tokens: 4,
+                ..Default::default()
+            })
+        );
     }
 
     #[test]
@@ -219,11 +261,27 @@ mod tests {
             "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
         );
         let mut acc = StreamUsage::default();
-        let seen: Vec<Observed> = events(stream).iter().map(|e| acc.observe(Provider::Anthropic, e)).collect();
-        assert_eq!(seen, [Observed::Usage, Observed::Nothing, Observed::Usage, Observed::Nothing]);
+        let seen: Vec<Observed> = events(stream)
+            .iter()
+            .map(|e| acc.observe(Provider::Anthropic, e))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                Observed::Usage,
+                Observed::Nothing,
+                Observed::Usage,
+                Observed::Nothing
+            ]
+        );
         assert_eq!(
             acc.usage(),
-            Some(TokenUsage { input_tokens: 25, cache_read_tokens: 300, cache_write_tokens: 0, output_tokens: 15 })
+            Some(TokenUsage {
+                input_tokens: 25,
+                cache_read_tokens: 300,
+                cache_write_tokens: 0,
+                output_tokens: 15
+            })
         );
     }
 

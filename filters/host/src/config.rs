@@ -3,7 +3,7 @@
 use crate::log;
 use filter_core::config::{self, ConfigError};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::LogLevel;
+use proxy_wasm::types::{BufferType, LogLevel};
 use serde::de::DeserializeOwned;
 
 /// Reads the plugin configuration and parses it with [`filter_core::config::parse`], then runs
@@ -13,10 +13,14 @@ pub fn load<T, C>(compile: impl FnOnce(T) -> Result<C, ConfigError>) -> Option<C
 where
     T: DeserializeOwned,
 {
-    let bytes = match hostcalls::get_configuration() {
+    let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
         Ok(b) => b.unwrap_or_default(),
         Err(status) => {
-            log::write(LogLevel::Critical, None, format_args!("cannot read plugin configuration: {status:?}"));
+            log::write(
+                LogLevel::Critical,
+                None,
+                format_args!("cannot read plugin configuration: {status:?}"),
+            );
             return None;
         }
     };

@@ -30,7 +30,10 @@ pub fn write(level: LogLevel, context_id: Option<u32>, args: Arguments<'_>) {
 
 pub(crate) fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(LogLevel::Critical, &format!("[tollgate.{}] panic: {info}", filter_name()));
+        let _ = hostcalls::log(
+            LogLevel::Critical,
+            &format!("[tollgate.{}] panic: {info}", filter_name()),
+        );
     }));
 }
 

@@ -58,18 +58,34 @@ pub struct Family {
 
 impl Family {
     pub fn counter(base: impl Into<String>, tag: &'static str, max_values: usize) -> Self {
-        Self { kind: MetricType::Counter, base: base.into(), tag, max_values, ids: HashMap::new() }
+        Self {
+            kind: MetricType::Counter,
+            base: base.into(),
+            tag,
+            max_values,
+            ids: HashMap::new(),
+        }
     }
 
     pub fn histogram(base: impl Into<String>, tag: &'static str, max_values: usize) -> Self {
-        Self { kind: MetricType::Histogram, base: base.into(), tag, max_values, ids: HashMap::new() }
+        Self {
+            kind: MetricType::Histogram,
+            base: base.into(),
+            tag,
+            max_values,
+            ids: HashMap::new(),
+        }
     }
 
     pub fn get(&mut self, value: &str) -> Option<Metric> {
         if let Some(m) = self.ids.get(value) {
             return *m;
         }
-        let key = if self.ids.len() >= self.max_values { "other" } else { value };
+        let key = if self.ids.len() >= self.max_values {
+            "other"
+        } else {
+            value
+        };
         if let Some(m) = self.ids.get(key) {
             return *m;
         }
@@ -82,5 +98,13 @@ impl Family {
 
 /// Stat names allow `[A-Za-z0-9_-]` in a segment; anything else becomes `_`.
 fn sanitize(v: &str) -> String {
-    v.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    v.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

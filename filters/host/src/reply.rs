@@ -9,12 +9,20 @@ use proxy_wasm::types::LogLevel;
 /// (e.g. `retry-after`). Logs the cause at info with the context id; the message never holds
 /// prompt text or credentials.
 pub fn send_error(context_id: u32, err: &ApiError, extra_headers: &[(&str, &str)]) {
-    log::write(LogLevel::Info, Some(context_id), format_args!("local reply {err}"));
+    log::write(
+        LogLevel::Info,
+        Some(context_id),
+        format_args!("local reply {err}"),
+    );
     let body = err.to_json();
     let mut headers: Vec<(&str, &str)> = Vec::with_capacity(extra_headers.len() + 1);
     headers.push(("content-type", "application/json"));
     headers.extend_from_slice(extra_headers);
     if let Err(status) = hostcalls::send_http_response(err.status(), headers, Some(&body)) {
-        log::write(LogLevel::Error, Some(context_id), format_args!("send_http_response failed: {status:?}"));
+        log::write(
+            LogLevel::Error,
+            Some(context_id),
+            format_args!("send_http_response failed: {status:?}"),
+        );
     }
 }

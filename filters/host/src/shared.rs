@@ -39,7 +39,9 @@ pub fn update(
 ) -> Result<bool, SharedError> {
     for _ in 0..attempts.max(1) {
         let (current, cas) = get(key)?;
-        let Some(next) = update(current.as_deref()) else { return Ok(false) };
+        let Some(next) = update(current.as_deref()) else {
+            return Ok(false);
+        };
         match set(key, &next, cas) {
             Ok(()) => return Ok(true),
             Err(SharedError::CasMismatch) => continue,

@@ -30,7 +30,11 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: impl Into<String>, text: impl Into<String>) -> Self {
-        Self { role: role.into(), content: Content::Text(text.into()), extra: Extra::new() }
+        Self {
+            role: role.into(),
+            content: Content::Text(text.into()),
+            extra: Extra::new(),
+        }
     }
 }
 
@@ -128,7 +132,13 @@ mod tests {
         .unwrap();
         let u = resp.usage.as_ref().unwrap();
         assert_eq!((u.input_tokens, u.output_tokens), (10, 3));
-        assert_eq!((u.cache_read_input_tokens, u.cache_creation_input_tokens), (Some(100), Some(5)));
-        assert_eq!(serde_json::to_value(&resp).unwrap()["usage"]["service_tier"], "standard");
+        assert_eq!(
+            (u.cache_read_input_tokens, u.cache_creation_input_tokens),
+            (Some(100), Some(5))
+        );
+        assert_eq!(
+            serde_json::to_value(&resp).unwrap()["usage"]["service_tier"],
+            "standard"
+        );
     }
 }

@@ -30,7 +30,10 @@ impl Provider {
     /// Detects the API from a request path (`:path`, query string allowed). Prefixes such as
     /// `/openai/v1/chat/completions` match too, since gateways often mount providers under a prefix.
     pub fn from_path(path: &str) -> Option<Self> {
-        let path = path.split_once('?').map_or(path, |(p, _)| p).trim_end_matches('/');
+        let path = path
+            .split_once('?')
+            .map_or(path, |(p, _)| p)
+            .trim_end_matches('/');
         if path.ends_with("/chat/completions") {
             Some(Self::OpenAiChat)
         } else if path.ends_with("/completions") {
@@ -148,27 +151,46 @@ mod tests {
             br#"{"model":"gpt-4o","messages":[],"stream":true,"max_tokens":5,"max_completion_tokens":9}"#,
         )
         .unwrap();
-        assert_eq!((chat.model(), chat.is_stream(), chat.max_output_tokens()), ("gpt-4o", true, Some(9)));
+        assert_eq!(
+            (chat.model(), chat.is_stream(), chat.max_output_tokens()),
+            ("gpt-4o", true, Some(9))
+        );
         let msgs = Request::parse(
             Provider::Anthropic,
             br#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#,
         )
         .unwrap();
-        assert_eq!((msgs.model(), msgs.is_stream(), msgs.max_output_tokens()), ("claude-sonnet-4-5", false, Some(64)));
+        assert_eq!(
+            (msgs.model(), msgs.is_stream(), msgs.max_output_tokens()),
+            ("claude-sonnet-4-5", false, Some(64))
+        );
         let mut emb = Request::parse(Provider::OpenAiEmbeddings, br#"{"model":"e","input":"x"}"#).unwrap();
         emb.set_model("text-embedding-3-small");
         assert_eq!(emb.model(), "text-embedding-3-small");
         assert_eq!(emb.max_output_tokens(), None);
-        let comp = Request::parse(Provider::OpenAiCompletions, br#"{"model":"m","prompt":"p","max_tokens":3}"#)
-            .unwrap();
+        let comp = Request::parse(
+            Provider::OpenAiCompletions,
+            br#"{"model":"m","prompt":"p","max_tokens":3}"#,
+        )
+        .unwrap();
         assert_eq!(comp.max_output_tokens(), Some(3));
     }
 
     #[test]
     fn malformed_bodies_are_errors_not_panics() {
-        for body in [&b""[..], b"{", b"[]", b"{\"model\":1}", b"\xff\xfe", b"{\"messages\":[]}"] {
+        for body in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{\"model\":1}",
+            b"\xff\xfe",
+            b"{\"messages\":[]}",
+        ] {
             assert!(Request::parse(Provider::OpenAiChat, body).is_err());
         }
-        assert!(Request::parse(Provider::Anthropic, br#"{"model":"c","messages":[]}"#).is_err(), "max_tokens is required");
+        assert!(
+            Request::parse(Provider::Anthropic, br#"{"model":"c","messages":[]}"#).is_err(),
+            "max_tokens is required"
+        );
     }
 }

@@ -44,7 +44,12 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, text: impl Into<String>) -> Self {
-        Self { role: role.into(), content: Some(Content::Text(text.into())), name: None, extra: Extra::new() }
+        Self {
+            role: role.into(),
+            content: Some(Content::Text(text.into())),
+            name: None,
+            extra: Extra::new(),
+        }
     }
 }
 
@@ -222,7 +227,14 @@ mod tests {
         assert_eq!(v["choices"][0]["message"]["content"], "secret ****");
         assert_eq!(v["created"], 1);
         let usage = resp.usage.unwrap();
-        assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens()), (3, Some(2), 1));
+        assert_eq!(
+            (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens()
+            ),
+            (3, Some(2), 1)
+        );
     }
 
     #[test]
@@ -239,11 +251,13 @@ mod tests {
     #[test]
     fn completion_and_embedding_requests_keep_extras() {
         let c: CompletionRequest =
-            serde_json::from_str(r#"{"model":"gpt-3.5-turbo-instruct","prompt":["a","b"],"echo":true}"#).unwrap();
+            serde_json::from_str(r#"{"model":"gpt-3.5-turbo-instruct","prompt":["a","b"],"echo":true}"#)
+                .unwrap();
         assert_eq!(c.prompt, json!(["a", "b"]));
         assert_eq!(serde_json::to_value(&c).unwrap()["echo"], true);
         let e: EmbeddingRequest =
-            serde_json::from_str(r#"{"model":"text-embedding-3-small","input":"x","dimensions":256}"#).unwrap();
+            serde_json::from_str(r#"{"model":"text-embedding-3-small","input":"x","dimensions":256}"#)
+                .unwrap();
         assert_eq!(serde_json::to_value(&e).unwrap()["dimensions"], 256);
     }
 }

@@ -1,0 +1,111 @@
+//! Anthropic messages, as the API sends them.
+
+use super::reply::{fnv, last_user_text, reply};
+use super::{Controls, MockBody, Recorded, anthropic_error, json_response, sse_response};
+use crate::tokens;
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+use serde_json::{Value, json};
+
+pub(super) fn messages(rec: &Recorded, req: &Value, ctl: &Controls) -> Response<MockBody> {
+    let bad = |msg: &str| {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            &anthropic_error(msg, "invalid_request_error"),
+        )
+    };
+    let Some(model) = req.get("model").and_then(Value::as_str) else {
+        return bad("model: Field required");
+    };
+    let Some(max_tokens) = req.get("max_tokens").and_then(Value::as_u64) else {
+        return bad("max_tokens: Field required");
+    };
+    let Some(msgs) = req.get("messages").and_then(Value::as_array) else {
+        return bad("messages: Field required");
+    };
+    let r = reply(model, &last_user_text(msgs), rec, ctl, Some(max_tokens));
+    // Anthropic's tokenizer is not public; the mock counts with o200k_base, which keeps the numbers
+    // real (same text, same count) without pretending to be Anthropic's exact figures.
+    let mut prompt_text = String::new();
+    if let Some(system) = req.get("system") {
+        collect_text(system, &mut prompt_text);
+    }
+    for m in msgs {
+        if let Some(c) = m.get("content") {
+            collect_text(c, &mut prompt_text);
+        }
+    }
+    let all_input = tokens::count(model, &prompt_text) + 4 * msgs.len() as u64;
+    let cached = ctl.cached_tokens.min(all_input);
+    let input_tokens = all_input - cached;
+    let h = fnv(&rec.body);
+    let id = format!("msg_mock{h:016x}");
+    let stop = if r.finish_length { "max_tokens" } else { "end_turn" };
+    if req.get("stream").and_then(Value::as_bool) != Some(true) {
+        return json_response(
+            StatusCode::OK,
+            &json!({"id": id, "type": "message", "role": "assistant", "model": model,
+                    "content": [{"type": "text", "text": r.text}], "stop_reason": stop, "stop_sequence": null,
+                    "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": 0,
+                              "cache_read_input_tokens": cached, "output_tokens": r.completion_tokens,
+                              "service_tier": "standard"}}),
+        );
+    }
+    let ev = |name: &str, data: &Value| {
+        Bytes::from(format!(
+            "event: {name}\ndata: {}\n\n",
+            serde_json::to_string(data).unwrap_or_default()
+        ))
+    };
+    let mut events = vec![
+        ev(
+            "message_start",
+            &json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant",
+                    "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": 0,
+                              "cache_read_input_tokens": cached, "output_tokens": 1, "service_tier": "standard"}}}),
+        ),
+        ev(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        ev("ping", &json!({"type": "ping"})),
+    ];
+    for p in &r.pieces {
+        events.push(ev(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+        ));
+    }
+    events.push(ev(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(ev(
+        "message_delta",
+        &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+                "usage": {"output_tokens": r.completion_tokens}}),
+    ));
+    events.push(ev("message_stop", &json!({"type": "message_stop"})));
+    sse_response(events, ctl)
+}
+
+pub(super) fn collect_text(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => {
+            out.push_str(s);
+            out.push('\n');
+        }
+        Value::Array(blocks) => {
+            for b in blocks {
+                if let Some(t) = b.get("text").and_then(Value::as_str) {
+                    out.push_str(t);
+                    out.push('\n');
+                } else if let Some(c) = b.get("content") {
+                    collect_text(c, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,357 @@
+//! A mock LLM provider speaking the OpenAI and Anthropic HTTP APIs on the wire as the real ones do:
+//! `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/messages`, JSON and SSE
+//! streaming (OpenAI chunks with `stream_options.include_usage`; Anthropic `message_start` …
+//! `message_stop`). Replies are derived from the request, so the same request always gets the same
+//! bytes. `usage` carries real tiktoken counts.
+//!
+//! Test controls (request headers):
+//! - `x-mock-status: 429` — answer with that status and the provider's error shape.
+//! - `x-mock-latency-ms: 200` — wait before the response headers.
+//! - `x-mock-chunks: 20` — number of content deltas in a stream (default: one per word).
+//! - `x-mock-chunk-bytes: 100` — with `x-mock-chunks`, make each delta this many bytes of filler.
+//! - `x-mock-chunk-delay-ms: 10` — pause between streamed events.
+//! - `x-mock-reset-after: 3` — reset the connection after that many streamed events.
+//! - `x-mock-echo: 1` — the reply text is the request body as received.
+//! - `x-mock-cached-tokens: 50` — report that many prompt tokens as read from the provider cache.
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+mod anthropic;
+mod openai;
+mod reply;
+
+/// Largest request body the mock accepts (the real APIs accept far more; tests need no more).
+const MAX_BODY: usize = 64 << 20;
+
+/// A request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// What the mock has seen; shared with the test that started it.
+#[derive(Debug, Default)]
+pub struct Journal {
+    requests: Mutex<VecDeque<Recorded>>,
+}
+
+impl Journal {
+    const KEEP: usize = 1024;
+
+    fn push(&self, r: Recorded) {
+        if let Ok(mut q) = self.requests.lock() {
+            if q.len() == Self::KEEP {
+                q.pop_front();
+            }
+            q.push_back(r);
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests
+            .lock()
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn last(&self) -> Option<Recorded> {
+        self.requests.lock().ok().and_then(|q| q.back().cloned())
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().map(|q| q.len()).unwrap_or(0)
+    }
+}
+
+/// Serves the mock on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, journal: Arc<Journal>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let journal = journal.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(req, journal.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// A mock running on its own thread and runtime, for tests. Stops when dropped.
+pub struct MockLlm {
+    pub addr: SocketAddr,
+    pub journal: Arc<Journal>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl MockLlm {
+    pub fn start() -> std::io::Result<Self> {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let journal = Arc::new(Journal::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let j = journal.clone();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("mock-llm".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let Ok(listener) = TcpListener::from_std(std_listener) else {
+                        return;
+                    };
+                    tokio::select! {
+                        () = serve(listener, j) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })?;
+        Ok(Self {
+            addr,
+            journal,
+            _stop: stop,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// The body type of every mock response: a fixed body, or events from a channel (streaming). An
+/// `Err` item resets the connection mid-stream.
+pub enum MockBody {
+    Full(Full<Bytes>),
+    Stream(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Full(f) => Pin::new(f).poll_frame(cx).map_err(|never| match never {}),
+            Self::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Completions,
+    Embeddings,
+    Messages,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Controls {
+    status: Option<u16>,
+    latency: Option<Duration>,
+    chunks: Option<usize>,
+    chunk_bytes: Option<usize>,
+    chunk_delay: Option<Duration>,
+    reset_after: Option<usize>,
+    echo: bool,
+    cached_tokens: u64,
+}
+
+impl Controls {
+    fn from(req: &Recorded) -> Self {
+        let num = |h: &str| req.header(h).and_then(|v| v.trim().parse::<u64>().ok());
+        Self {
+            status: num("x-mock-status").and_then(|s| u16::try_from(s).ok()),
+            latency: num("x-mock-latency-ms").map(Duration::from_millis),
+            chunks: num("x-mock-chunks").map(|n| n.clamp(1, 100_000) as usize),
+            chunk_bytes: num("x-mock-chunk-bytes").map(|n| n.clamp(1, 1 << 20) as usize),
+            chunk_delay: num("x-mock-chunk-delay-ms").map(Duration::from_millis),
+            reset_after: num("x-mock-reset-after").map(|n| n as usize),
+            echo: req.header("x-mock-echo").is_some_and(|v| v == "1" || v == "true"),
+            cached_tokens: num("x-mock-cached-tokens").unwrap_or(0),
+        }
+    }
+}
+
+async fn handle(req: Request<Incoming>, journal: Arc<Journal>) -> Result<Response<MockBody>, std::io::Error> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Ok(json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &openai_error("request too large", "invalid_request_error"),
+            ));
+        }
+    };
+    let rec = Recorded {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        headers,
+        body,
+    };
+    journal.push(rec.clone());
+    let ctl = Controls::from(&rec);
+    if let Some(d) = ctl.latency {
+        tokio::time::sleep(d).await;
+    }
+
+    let api = match (parts.method.as_str(), path.as_str()) {
+        ("GET", "/healthz") => return Ok(text_response(StatusCode::OK, "ok")),
+        ("POST", "/v1/chat/completions") => Api::Chat,
+        ("POST", "/v1/completions") => Api::Completions,
+        ("POST", "/v1/embeddings") => Api::Embeddings,
+        ("POST", "/v1/messages") => Api::Messages,
+        _ => {
+            return Ok(json_response(
+                StatusCode::NOT_FOUND,
+                &openai_error(
+                    &format!("Unknown request URL: {} {path}", parts.method),
+                    "invalid_request_error",
+                ),
+            ));
+        }
+    };
+    if let Some(status) = ctl.status {
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let kind = match status {
+            400 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            _ => "api_error",
+        };
+        let msg = format!("mock error {status}");
+        let body = if api == Api::Messages {
+            anthropic_error(&msg, kind)
+        } else {
+            openai_error(&msg, kind)
+        };
+        return Ok(json_response(code, &body));
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&rec.body) else {
+        let msg = "We could not parse the JSON body of your request.";
+        let body = if api == Api::Messages {
+            anthropic_error(msg, "invalid_request_error")
+        } else {
+            openai_error(msg, "invalid_request_error")
+        };
+        return Ok(json_response(StatusCode::BAD_REQUEST, &body));
+    };
+    Ok(match api {
+        Api::Chat => openai::chat(&rec, &request, &ctl),
+        Api::Completions => openai::completions(&rec, &request, &ctl),
+        Api::Embeddings => openai::embeddings(&request),
+        Api::Messages => anthropic::messages(&rec, &request, &ctl),
+    })
+}
+
+pub(super) fn openai_error(message: &str, kind: &str) -> Value {
+    json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+}
+
+pub(super) fn anthropic_error(message: &str, kind: &str) -> Value {
+    json!({"type": "error", "error": {"type": kind, "message": message}})
+}
+
+pub(super) fn json_response(status: StatusCode, v: &Value) -> Response<MockBody> {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut resp = Response::new(MockBody::Full(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+pub(super) fn text_response(status: StatusCode, text: &'static str) -> Response<MockBody> {
+    let mut resp = Response::new(MockBody::Full(Full::new(Bytes::from_static(text.as_bytes()))));
+    *resp.status_mut() = status;
+    resp
+}
+
+pub(super) fn sse_response(events: Vec<Bytes>, ctl: &Controls) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel(16);
+    let delay = ctl.chunk_delay;
+    let reset_after = ctl.reset_after;
+    tokio::spawn(async move {
+        for (i, e) in events.into_iter().enumerate() {
+            if reset_after == Some(i) {
+                let _ = tx.send(Err(std::io::Error::other("mock reset mid-stream"))).await;
+                return;
+            }
+            if let Some(d) = delay.filter(|_| i > 0) {
+                tokio::time::sleep(d).await;
+            }
+            if tx.send(Ok(e)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(MockBody::Stream(rx));
+    let h = resp.headers_mut();
+    h.insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert(
+        "cache-control",
+        hyper::header::HeaderValue::from_static("no-cache"),
+    );
+    resp
+}

