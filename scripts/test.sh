@@ -21,7 +21,7 @@ cargo fmt --all --check
 step "clippy (native, all targets)"
 cargo clippy -q --workspace --all-targets -- -D warnings
 step "clippy (wasm32-wasip1)"
-cargo clippy -q --target wasm32-wasip1 --workspace --exclude integration-tests -- -D warnings
+cargo clippy -q --target wasm32-wasip1 --workspace --exclude integration-tests --exclude inference-sidecar -- -D warnings
 
 step "unit tests (native)"
 run_tests cargo unit

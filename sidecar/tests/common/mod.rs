@@ -1,0 +1,214 @@
+//! Starts real sidecars (real model, real state backend) in-process on free loopback ports.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use inference_proto::v1::budget_client::BudgetClient;
+use inference_proto::v1::inference_client::InferenceClient;
+use inference_proto::v1::semantic_cache_client::SemanticCacheClient;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn model_dir() -> PathBuf {
+    let dir = workspace().join("models/all-MiniLM-L6-v2");
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "model not found at {}: run scripts/setup.sh",
+        dir.display()
+    );
+    dir
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).unwrap().connect().await.unwrap()
+    }
+
+    pub async fn inference(&self) -> InferenceClient<Channel> {
+        InferenceClient::new(self.channel().await)
+    }
+
+    pub async fn cache(&self) -> SemanticCacheClient<Channel> {
+        SemanticCacheClient::new(self.channel().await)
+    }
+
+    pub async fn budget(&self) -> BudgetClient<Channel> {
+        BudgetClient::new(self.channel().await)
+    }
+
+    pub fn metrics_text(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// Value of an unlabelled counter or gauge in /metrics.
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("metric {name} not found"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Signals shutdown and waits until the server has stopped.
+    pub fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+/// Starts a sidecar with the default model, the repo's label sets and `extra` flags, on its own
+/// runtime thread (so it outlives any one `#[tokio::test]` runtime).
+pub fn spawn(extra: &[&str]) -> Running {
+    let mut args: Vec<String> = vec![
+        "--model-dir".into(),
+        model_dir().display().to_string(),
+        "--label-sets".into(),
+        workspace().join("sidecar/label-sets.json").display().to_string(),
+        "--shutdown-grace-seconds".into(),
+        "5".into(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let cfg = sidecar::config::Config::parse(&args, |_| None).unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let sidecar = sidecar::build(&cfg).await.unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            ready_tx
+                .send((listener.local_addr().unwrap(), metrics.local_addr().unwrap()))
+                .unwrap();
+            sidecar::serve(
+                sidecar,
+                listener,
+                Some(metrics),
+                async {
+                    let _ = stopped.await;
+                },
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        });
+    });
+    let (addr, metrics) = ready_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("sidecar did not start");
+    Running {
+        addr,
+        metrics,
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+/// One sidecar (in-memory state) shared by every test of a test binary.
+pub fn shared() -> &'static Running {
+    static S: OnceLock<Running> = OnceLock::new();
+    S.get_or_init(|| spawn(&[]))
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+/// A real Redis on a free loopback port, in a temp dir, killed on drop.
+pub struct Redis {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("tollgate-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run scripts/setup.sh");
+        // From here on, Drop kills and reaps the child whatever happens.
+        let redis = Self {
+            port,
+            child,
+            _dir: TempDir(dir),
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
