@@ -29,6 +29,8 @@ pub struct Options<'a> {
     pub upstreams: Vec<(u16, u16)>,
     /// Further textual replacements applied to the config (e.g. a plugin setting).
     pub replace: Vec<(String, String)>,
+    /// HTTP filters (YAML list items) inserted just before the router, in order.
+    pub filters: Vec<String>,
     pub concurrency: u32,
 }
 
@@ -38,6 +40,7 @@ impl<'a> Options<'a> {
             config,
             upstreams: Vec::new(),
             replace: Vec::new(),
+            filters: Vec::new(),
             concurrency: 1,
         }
     }
@@ -51,7 +54,45 @@ impl<'a> Options<'a> {
         self.replace.push((from.into(), to.into()));
         self
     }
+
+    /// Adds a wasm filter before the router: `wasm` is the file name under
+    /// `target/wasm32-wasip1/release/` (built by `cargo wasm`), `config` its plugin configuration.
+    pub fn wasm_filter(mut self, name: &str, wasm: &str, config: &serde_json::Value) -> Self {
+        self.filters.push(wasm_filter_yaml(name, wasm, config));
+        self
+    }
 }
+
+/// The wasm filter's file, built by `cargo wasm`.
+pub fn wasm_path(file: &str) -> PathBuf {
+    repo_root().join("target/wasm32-wasip1/release").join(file)
+}
+
+/// One `http_filters` entry running `wasm` in V8 with `config` (JSON) as its configuration.
+pub fn wasm_filter_yaml(name: &str, wasm: &str, config: &serde_json::Value) -> String {
+    // A JSON string is a valid YAML scalar, so the config needs no escaping of its own.
+    let config = serde_json::Value::String(config.to_string()).to_string();
+    let path = wasm_path(wasm).display().to_string();
+    format!(
+        r#"                  - name: {name}
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        name: {name}
+                        root_id: {name}
+                        configuration:
+                          "@type": type.googleapis.com/google.protobuf.StringValue
+                          value: {config}
+                        vm_config:
+                          runtime: envoy.wasm.runtime.v8
+                          code:
+                            local:
+                              filename: {path}
+"#
+    )
+}
+
+const ROUTER: &str = "                  - name: envoy.filters.http.router\n";
 
 pub struct Envoy {
     child: Child,
@@ -99,6 +140,21 @@ impl Envoy {
             }
             config = replace_port(&config, from, to);
         }
+        if !opts.filters.is_empty() {
+            if !config.contains(ROUTER) {
+                return Err(format!("{}: no router filter to insert filters before", opts.config).into());
+            }
+            for f in &opts.filters {
+                let file = f
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("filename: "))
+                    .unwrap_or_default();
+                if !Path::new(file).exists() {
+                    return Err(format!("{file} not found: run `cargo wasm` (scripts/setup.sh does)").into());
+                }
+            }
+            config = config.replace(ROUTER, &format!("{}{ROUTER}", opts.filters.concat()));
+        }
         for (from, to) in &opts.replace {
             if !config.contains(from.as_str()) {
                 return Err(format!("{}: no `{from}` to replace", opts.config).into());
@@ -121,6 +177,9 @@ impl Envoy {
                 &opts.concurrency.to_string(),
                 "-l",
                 "info",
+                // Flush the log often, so a failing test prints what Envoy saw up to the failure.
+                "--file-flush-interval-msec",
+                "50",
             ])
             .arg("--log-path")
             .arg(&log_path)

@@ -2,6 +2,7 @@
 //! (candle + tokenizers), and the gateway state that must outlive one Envoy (response cache, token
 //! budgets), over gRPC (`tollgate.inference.v1`), with health, reflection and Prometheus metrics.
 
+pub mod background;
 pub mod classify;
 pub mod config;
 pub mod engine;

@@ -49,7 +49,7 @@ async fn batch_equals_single_calls() {
     ];
     let together = c.embed(texts(&batch)).await.unwrap().into_inner();
     // A fresh sidecar, so the single calls are computed, not served from the LRU.
-    let other = spawn(&["--metrics-addr", "off"]);
+    let other = spawn(&[]);
     let mut c2 = other.inference().await;
     for (t, e) in batch.iter().zip(&together.embeddings) {
         let one = c2.embed(texts(&[t])).await.unwrap().into_inner();

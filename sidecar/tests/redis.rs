@@ -14,8 +14,8 @@ use tonic::Code;
 
 fn pair(redis: &Redis) -> (Running, Running) {
     let url = redis.url();
-    let a = spawn(&["--redis-url", &url, "--metrics-addr", "off"]);
-    let b = spawn(&["--redis-url", &url, "--metrics-addr", "off"]);
+    let a = spawn(&["--redis-url", &url]);
+    let b = spawn(&["--redis-url", &url]);
     (a, b)
 }
 
@@ -185,7 +185,7 @@ async fn cache_stored_on_one_sidecar_is_found_by_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_entries_expire() {
     let redis = Redis::start();
-    let a = spawn(&["--redis-url", &redis.url(), "--metrics-addr", "off"]);
+    let a = spawn(&["--redis-url", &redis.url()]);
     let mut c = a.cache().await;
     c.store(CacheStoreRequest {
         scope: "s".into(),
@@ -217,7 +217,7 @@ async fn cache_entries_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_going_away_is_unavailable_not_a_crash() {
     let redis = Redis::start();
-    let a = spawn(&["--redis-url", &redis.url(), "--metrics-addr", "off"]);
+    let a = spawn(&["--redis-url", &redis.url()]);
     let mut b = a.budget().await;
     b.reserve(reserve("before", "tenant:x", 1, 10)).await.unwrap();
     drop(redis);

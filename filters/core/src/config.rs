@@ -41,6 +41,57 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     })
 }
 
+/// Where a filter reaches the inference sidecar: an Envoy cluster (HTTP/2, see
+/// `envoy/envoy.yaml`, cluster `inference_sidecar`) and a deadline per call.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarConfig {
+    #[serde(default = "SidecarConfig::default_cluster")]
+    pub cluster: String,
+    #[serde(default = "SidecarConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        Self {
+            cluster: Self::default_cluster(),
+            timeout_ms: Self::default_timeout_ms(),
+        }
+    }
+}
+
+impl SidecarConfig {
+    fn default_cluster() -> String {
+        "inference_sidecar".to_owned()
+    }
+
+    fn default_timeout_ms() -> u64 {
+        200
+    }
+
+    /// Checks the values serde cannot; `path` is where this object sits in the filter's config.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        if self.cluster.trim().is_empty() {
+            return Err(ConfigError::field(
+                format!("{path}.cluster"),
+                "must name an Envoy cluster",
+            ));
+        }
+        if !(1..=60_000).contains(&self.timeout_ms) {
+            return Err(ConfigError::field(
+                format!("{path}.timeout_ms"),
+                format!("{} is outside 1..=60000", self.timeout_ms),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
@@ -112,6 +163,26 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!("invalid configuration at `{}`: {}", err.path, err.message)
+        );
+    }
+
+    #[test]
+    fn sidecar_config_defaults_and_names_bad_fields() {
+        let c: SidecarConfig = parse(b"{}").unwrap();
+        assert_eq!(c, SidecarConfig::default());
+        assert_eq!(c.cluster, "inference_sidecar");
+        assert_eq!(c.validate("sidecar"), Ok(()));
+        let c: SidecarConfig = parse(br#"{"cluster": " ", "timeout_ms": 10}"#).unwrap();
+        assert_eq!(c.validate("sidecar").unwrap_err().path, "sidecar.cluster");
+        let c: SidecarConfig = parse(br#"{"timeout_ms": 0}"#).unwrap();
+        let e = c.validate("moderation.sidecar").unwrap_err();
+        assert_eq!(e.path, "moderation.sidecar.timeout_ms");
+        assert_eq!(e.message, "0 is outside 1..=60000");
+        assert!(
+            parse::<SidecarConfig>(br#"{"clustr": "x"}"#)
+                .unwrap_err()
+                .message
+                .contains("clustr")
         );
     }
 }

@@ -12,6 +12,7 @@ pub mod log;
 pub mod metrics;
 pub mod reply;
 pub mod shared;
+pub mod sidecar;
 
 pub use proxy_wasm;
 

@@ -26,3 +26,16 @@ pub fn send_error(context_id: u32, err: &ApiError, extra_headers: &[(&str, &str)
         );
     }
 }
+
+/// Sends a local `status` reply with a JSON `body` (already serialised).
+pub fn send_json(context_id: u32, status: u32, body: &[u8]) {
+    if let Err(s) =
+        hostcalls::send_http_response(status, vec![("content-type", "application/json")], Some(body))
+    {
+        log::write(
+            LogLevel::Error,
+            Some(context_id),
+            format_args!("send_http_response failed: {s:?}"),
+        );
+    }
+}

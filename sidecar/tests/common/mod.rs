@@ -4,7 +4,6 @@
 use inference_proto::v1::budget_client::BudgetClient;
 use inference_proto::v1::inference_client::InferenceClient;
 use inference_proto::v1::semantic_cache_client::SemanticCacheClient;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -24,11 +23,13 @@ pub fn model_dir() -> PathBuf {
     dir
 }
 
-pub struct Running {
-    pub addr: SocketAddr,
-    pub metrics: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+pub struct Running(sidecar::background::Background);
+
+impl std::ops::Deref for Running {
+    type Target = sidecar::background::Background;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Running {
@@ -73,13 +74,8 @@ impl Running {
     }
 
     /// Signals shutdown and waits until the server has stopped.
-    pub fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
+    pub fn stop(self) {
+        self.0.stop();
     }
 }
 
@@ -95,44 +91,7 @@ pub fn spawn(extra: &[&str]) -> Running {
         "5".into(),
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let cfg = sidecar::config::Config::parse(&args, |_| None).unwrap();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let sidecar = sidecar::build(&cfg).await.unwrap();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            ready_tx
-                .send((listener.local_addr().unwrap(), metrics.local_addr().unwrap()))
-                .unwrap();
-            sidecar::serve(
-                sidecar,
-                listener,
-                Some(metrics),
-                async {
-                    let _ = stopped.await;
-                },
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-        });
-    });
-    let (addr, metrics) = ready_rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("sidecar did not start");
-    Running {
-        addr,
-        metrics,
-        stop: Some(stop),
-        thread: Some(thread),
-    }
+    Running(sidecar::background::Background::start(&args).unwrap())
 }
 
 /// One sidecar (in-memory state) shared by every test of a test binary.
