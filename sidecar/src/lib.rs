@@ -108,7 +108,8 @@ pub async fn serve(
         .add_service(InferenceServer::from_arc(sidecar.clone()))
         .add_service(SemanticCacheServer::from_arc(sidecar.clone()))
         .add_service(BudgetServer::from_arc(sidecar.clone()))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+        // Small unary calls: Nagle's algorithm would hold replies for the client's delayed ACK.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             let _ = stopped.await;
         });
     tokio::pin!(server);

@@ -87,7 +87,13 @@ impl RedisState {
         lsh_bits: usize,
         lsh_seed: u64,
     ) -> Result<Self, StateError> {
-        let client = redis::Client::open(url)?;
+        use redis::IntoConnectionInfo;
+        // Lookups are small request/response exchanges: without TCP_NODELAY, Nagle's algorithm
+        // and delayed ACKs add ~40 ms to the second round trip of a semantic hit.
+        let info = url
+            .into_connection_info()?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         let conn = ConnectionManager::new(client).await?;
         Ok(Self {
             conn,

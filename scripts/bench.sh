@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Benchmarks on loopback, release builds. Sections: `sidecar` (gRPC embed latency, throughput, LRU,
+# semantic cache over Redis, RSS). Run all: scripts/bench.sh; one: scripts/bench.sh sidecar.
+# Results print as Markdown; they are measurements of this machine, not assertions.
+# TOLLGATE_BENCH_SIDECAR_ARGS adds flags to the benchmarked sidecar (e.g. "--workers 1").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+sections=("$@")
+[ ${#sections[@]} -gt 0 ] || sections=(sidecar)
+step() { printf '\n\033[1m[bench]\033[0m %s\n' "$*"; }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+
+TOLLGATE_SKIP_BUILD=1 bash scripts/setup.sh >/dev/null
+run=.cache/bench
+mkdir -p "$run"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+bench_sidecar() {
+  step "build: release sidecar and its benchmark client"
+  cargo build -q --release -p inference-sidecar --bin tollgate-sidecar --example sidecar_bench
+  local port redis_port redis_sidecar_port
+  port=$(free_port); redis_port=$(free_port); redis_sidecar_port=$(free_port)
+  # shellcheck disable=SC2086 # word splitting of the extra flags is intended
+  target/release/tollgate-sidecar --listen "127.0.0.1:$port" --metrics-addr off \
+    --label-sets sidecar/label-sets.json ${TOLLGATE_BENCH_SIDECAR_ARGS:-} 2>"$run/sidecar.log" &
+  local pid=$!; pids+=("$pid")
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$run/redis.log" &
+  pids+=($!)
+  wait_port "$redis_port"
+  target/release/tollgate-sidecar --listen "127.0.0.1:$redis_sidecar_port" --metrics-addr off \
+    --redis-url "redis://127.0.0.1:$redis_port/" --workers 1 2>"$run/sidecar-redis.log" &
+  pids+=($!)
+  wait_port "$port"; wait_port "$redis_sidecar_port"
+  step "sidecar: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  target/release/examples/sidecar_bench --addr "127.0.0.1:$port" --pid "$pid" \
+    --redis-addr "127.0.0.1:$redis_sidecar_port"
+}
+
+for s in "${sections[@]}"; do
+  case "$s" in
+    sidecar) bench_sidecar ;;
+    *) echo "unknown section: $s (known: sidecar)" >&2; exit 2 ;;
+  esac
+done
