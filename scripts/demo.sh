@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the Tollgate demo in the foreground: installs and builds what is missing, starts the mock
-# LLM upstream and Envoy with envoy/envoy.yaml, prints requests to paste. Ctrl-C stops everything.
-# Ports: TOLLGATE_PORT (10000), TOLLGATE_ADMIN_PORT (9901), TOLLGATE_UPSTREAM_PORT (8081).
+# LLM upstream, the inference sidecar and Envoy with envoy/envoy.yaml, prints requests to paste.
+# Ctrl-C stops everything. Ports: TOLLGATE_PORT (10000), TOLLGATE_ADMIN_PORT (9901),
+# TOLLGATE_UPSTREAM_PORT (8081), TOLLGATE_SIDECAR_PORT (50051), TOLLGATE_SIDECAR_METRICS_PORT (9464).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -9,15 +10,20 @@ export PATH="$HOME/.cargo/bin:$PATH"
 PORT=${TOLLGATE_PORT:-10000}
 ADMIN_PORT=${TOLLGATE_ADMIN_PORT:-9901}
 UPSTREAM_PORT=${TOLLGATE_UPSTREAM_PORT:-8081}
+SIDECAR_PORT=${TOLLGATE_SIDECAR_PORT:-50051}
+SIDECAR_METRICS_PORT=${TOLLGATE_SIDECAR_METRICS_PORT:-9464}
 
 bash scripts/setup.sh
 cargo build -q -p integration-tests --bin mock-llm
+echo "[demo] building the inference sidecar (release; the first build takes several minutes)"
+cargo build -q --release -p inference-sidecar --bin tollgate-sidecar
 
 run=.cache/demo
 mkdir -p "$run"
 sed -e "s/port_value: 10000\$/port_value: $PORT/" \
     -e "s/port_value: 9901\$/port_value: $ADMIN_PORT/" \
-    -e "s/port_value: 8081\$/port_value: $UPSTREAM_PORT/" envoy/envoy.yaml >"$run/envoy.yaml"
+    -e "s/port_value: 8081\$/port_value: $UPSTREAM_PORT/" \
+    -e "s/port_value: 50051\$/port_value: $SIDECAR_PORT/" envoy/envoy.yaml >"$run/envoy.yaml"
 
 pids=()
 cleanup() {
@@ -31,16 +37,21 @@ trap cleanup INT TERM EXIT
 
 target/debug/mock-llm --listen "127.0.0.1:$UPSTREAM_PORT" 2>"$run/mock-llm.log" &
 pids+=($!)
+target/release/tollgate-sidecar --listen "127.0.0.1:$SIDECAR_PORT" \
+  --metrics-addr "127.0.0.1:$SIDECAR_METRICS_PORT" --label-sets sidecar/label-sets.json \
+  2>"$run/sidecar.log" &
+pids+=($!)
 .venv/bin/envoy -c "$run/envoy.yaml" --use-dynamic-base-id --concurrency 2 -l warning \
   --log-path "$run/envoy.log" >"$run/access.log" &
 pids+=($!)
 
 for _ in $(seq 1 100); do
   if curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null 2>&1 \
-     && curl -fs "http://127.0.0.1:$UPSTREAM_PORT/healthz" >/dev/null 2>&1; then ready=1; break; fi
+     && curl -fs "http://127.0.0.1:$UPSTREAM_PORT/healthz" >/dev/null 2>&1 \
+     && curl -fs "http://127.0.0.1:$SIDECAR_METRICS_PORT/metrics" >/dev/null 2>&1; then ready=1; break; fi
   sleep 0.2
 done
-[ "${ready:-}" = 1 ] || { echo "[demo] Envoy or the mock did not start; see $run/*.log" >&2; exit 1; }
+[ "${ready:-}" = 1 ] || { echo "[demo] Envoy, the mock or the sidecar did not start; see $run/*.log" >&2; exit 1; }
 
 GW="http://127.0.0.1:$PORT"
 cat <<TXT
@@ -49,6 +60,7 @@ Tollgate demo is up.
   gateway  $GW            (Envoy, envoy/envoy.yaml)
   admin    http://127.0.0.1:$ADMIN_PORT   (stats: /stats/prometheus)
   upstream http://127.0.0.1:$UPSTREAM_PORT  (mock OpenAI/Anthropic provider)
+  sidecar  127.0.0.1:$SIDECAR_PORT (gRPC, tollgate.inference.v1; metrics http://127.0.0.1:$SIDECAR_METRICS_PORT/metrics)
   logs     $run/envoy.log, access log: $run/access.log
 
 Try, in another terminal:
@@ -71,6 +83,10 @@ Try, in another terminal:
 
   # Gateway metrics
   curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep 'downstream_rq_xx{.*prefix="tollgate"'
+
+  # Envoy's gRPC health checks of the inference sidecar, and the sidecar's own metrics
+  curl -s http://127.0.0.1:$ADMIN_PORT/stats | grep 'inference_sidecar.health_check.success'
+  curl -s http://127.0.0.1:$SIDECAR_METRICS_PORT/metrics | grep -v '^#' | head -20
 
 Ctrl-C stops the demo.
 TXT
