@@ -68,6 +68,10 @@ impl LabelSets {
         Ok(Self { sets })
     }
 
+    pub fn contains(&self, set: &str) -> bool {
+        self.sets.contains_key(set)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.sets.keys().map(String::as_str)
     }

@@ -153,7 +153,7 @@ impl Inference for Sidecar {
                 return Err(Status::invalid_argument("label_set is empty"));
             }
             check_text("text", &req.text, self.limits)?;
-            if self.labels.classify(&req.label_set, &[]).is_none() {
+            if !self.labels.contains(&req.label_set) {
                 let mut known: Vec<&str> = self.labels.names().collect();
                 known.sort_unstable();
                 return Err(Status::invalid_argument(format!(
@@ -208,15 +208,25 @@ impl SemanticCache for Sidecar {
                     req.threshold
                 )));
             }
-            let vector = self.query_vector(req.vector, &req.text).await?;
-            let q = Lookup {
+            let mut q = Lookup {
                 scope: &req.scope,
                 model: &req.model,
                 key: &req.key,
-                vector: vector.as_deref(),
+                vector: None,
                 threshold: req.threshold,
             };
-            let resp = self.state.lookup(&q, now()).await.map_err(state_status)?;
+            // The exact key first: a hit needs no embedding.
+            let mut resp = if req.key.is_empty() {
+                crate::state::miss()
+            } else {
+                self.state.lookup(&q, now()).await.map_err(state_status)?
+            };
+            if semantic && resp.outcome != Outcome::ExactHit as i32 {
+                let vector = self.query_vector(req.vector, &req.text).await?;
+                q.key = "";
+                q.vector = vector.as_deref();
+                resp = self.state.lookup(&q, now()).await.map_err(state_status)?;
+            }
             match Outcome::try_from(resp.outcome) {
                 Ok(Outcome::ExactHit) => self.metrics.cache_exact_hits.inc(),
                 Ok(Outcome::SemanticHit) => self.metrics.cache_semantic_hits.inc(),
