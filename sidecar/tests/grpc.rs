@@ -480,3 +480,39 @@ async fn shutdown_finishes_in_flight_requests() {
         t0.elapsed()
     );
 }
+
+#[tokio::test]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut c = ServerReflectionClient::new(shared().channel().await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = c
+        .server_reflection_info(tokio_stream_once(req))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().expect("a reply");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reply {resp:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for s in [
+        "tollgate.inference.v1.Inference",
+        "tollgate.inference.v1.SemanticCache",
+        "tollgate.inference.v1.Budget",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&s), "{s} missing from {names:?}");
+    }
+}
+
+/// A request stream of one message (what `grpcurl list` sends).
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::codegen::tokio_stream::Stream<Item = T> {
+    tonic::codegen::tokio_stream::once(item)
+}
