@@ -1,0 +1,86 @@
+"""Reference token counts for the token-counter tests, computed independently of our code by OpenAI's
+Python `tiktoken` and the OpenAI cookbook's chat formula (`num_tokens_from_messages`: 3 tokens per
+message, 1 per `name`, 3 to prime the reply).
+
+Made offline with (tiktoken 0.14.0; the .tiktoken files are the ones tiktoken-rs 0.12 ships, which
+have the hashes tiktoken expects, stored under the names tiktoken's cache uses):
+
+    python3 -m venv /tmp/tk && /tmp/tk/bin/pip install tiktoken==0.14.0
+    mkdir -p /tmp/tkcache
+    for e in cl100k_base o200k_base; do
+      cp ~/.cargo/registry/src/*/tiktoken-rs-0.12*/assets/$e.tiktoken /tmp/tkcache/$(python3 -c \
+        "import hashlib; print(hashlib.sha1(b'https://openaipublic.blob.core.windows.net/encodings/$e.tiktoken').hexdigest())")
+    done
+    TIKTOKEN_CACHE_DIR=/tmp/tkcache /tmp/tk/bin/python integration/tests/data/make-token-counts.py \
+      > integration/tests/data/token-counts.reference.json
+"""
+import json
+
+import tiktoken
+
+LONG = (
+    "Distributed systems must tolerate partial failures, network partitions, clock skew and message "
+    "reordering, so engineers design protocols with retries, idempotency and consensus. "
+) * 48
+
+CONVERSATIONS = {
+    "ascii": [{"role": "user", "content": "Hello, gateway! How many tokens is this?"}],
+    "multi_turn": [
+        {"role": "system", "content": "You are a careful assistant. Answer briefly."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Japan?"},
+    ],
+    "names": [
+        {"role": "system", "name": "policy", "content": "Follow the house style."},
+        {"role": "user", "name": "alice", "content": "Summarise the meeting notes."},
+        {"role": "assistant", "name": "helper", "content": "Here is the summary."},
+    ],
+    "cjk": [
+        {"role": "user", "content": "東京の天気はどうですか？明日は雨が降りますか。"},
+        {"role": "assistant", "content": "明日は晴れのち曇りの予報です。"},
+        {"role": "user", "content": "北京今天的空气质量怎么样？서울 날씨는 어때요?"},
+    ],
+    "emoji": [{"role": "user", "content": "I love this! 🎉🔥 Best day ever 😀👍🏽 🇯🇵 👩‍👩‍👧‍👦"}],
+    "code": [
+        {
+            "role": "user",
+            "content": "Why does this fail?\n```rust\nfn main() {\n    let v: Vec<u32> = vec![1, 2, 3];\n"
+            "    let s: u32 = v.iter().map(|x| x * 2).sum();\n    println!(\"{s}\");\n}\n```",
+        }
+    ],
+    "whitespace": [{"role": "user", "content": "  leading and trailing spaces  \n\n\ttabs\tand\r\nnewlines  "}],
+    "long": [
+        {"role": "system", "content": "You summarise engineering documents."},
+        {"role": "user", "content": LONG},
+    ],
+}
+
+MODELS = {"gpt-4o": "o200k_base", "gpt-4-0613": "cl100k_base"}
+
+
+def count(messages, enc):
+    n = 0
+    for m in messages:
+        n += 3
+        for key, value in m.items():
+            n += len(enc.encode(value))
+            if key == "name":
+                n += 1
+    return n + 3
+
+
+out = {
+    "produced_by": "tiktoken %s, OpenAI cookbook num_tokens_from_messages (3 per message, 1 per name, 3 reply priming); "
+    "see integration/tests/data/make-token-counts.py" % tiktoken.__version__,
+    "conversations": {},
+}
+for name, messages in CONVERSATIONS.items():
+    out["conversations"][name] = {
+        "messages": messages,
+        "prompt_tokens": {model: count(messages, tiktoken.get_encoding(e)) for model, e in MODELS.items()},
+        "content_tokens": {
+            model: [len(tiktoken.get_encoding(e).encode(m["content"])) for m in messages] for model, e in MODELS.items()
+        },
+    }
+print(json.dumps(out, ensure_ascii=False, indent=1))
