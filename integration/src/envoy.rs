@@ -184,7 +184,8 @@ impl Envoy {
             .arg("--log-path")
             .arg(&log_path)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // The shipped configs write the access log to stdout.
+            .stdout(Stdio::from(std::fs::File::create(dir.join("access.log"))?))
             .stderr(Stdio::null());
         kill_with_parent(&mut cmd);
         let child = cmd
@@ -228,6 +229,15 @@ impl Envoy {
     /// Envoy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The access log so far (the configs log to stdout), one JSON object per line.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// The value of counter/gauge `name` from `/stats`, if present.

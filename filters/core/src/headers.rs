@@ -7,6 +7,9 @@ pub const TENANT: &str = "x-tollgate-tenant";
 pub const ROUTE: &str = "x-tollgate-route";
 pub const CACHE: &str = "x-tollgate-cache";
 pub const TEMPLATE: &str = "x-tollgate-template";
+/// Response headers the token counter adds when `response_headers` is on.
+pub const PROMPT_TOKENS: &str = "x-tollgate-prompt-tokens";
+pub const BUDGET_REMAINING: &str = "x-tollgate-budget-remaining";
 
 /// Values of [`CACHE`].
 pub mod cache {
@@ -21,6 +24,14 @@ pub mod state {
     pub const MODEL: &str = "tollgate.model";
     pub const PROMPT_TOKENS: &str = "tollgate.prompt_tokens";
     pub const COMPLETION_TOKENS: &str = "tollgate.completion_tokens";
+    /// Prompt tokens read from the provider's prompt cache (billed at the cached rate).
+    pub const CACHE_READ_TOKENS: &str = "tollgate.cache_read_tokens";
+    /// Prompt tokens written to the provider's prompt cache (Anthropic).
+    pub const CACHE_WRITE_TOKENS: &str = "tollgate.cache_write_tokens";
+    /// The gateway's own count of the prompt, made before the request left.
+    pub const COUNTED_PROMPT_TOKENS: &str = "tollgate.counted_prompt_tokens";
+    /// Cost of the request in USD from the configured price table.
+    pub const COST_USD: &str = "tollgate.cost_usd";
     pub const ROUTE: &str = "tollgate.route";
     pub const CACHE: &str = "tollgate.cache";
     pub const MODERATION: &str = "tollgate.moderation";

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod hash;
 pub mod headers;
 pub mod prompt;
 pub mod sse;

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod reply;
 pub mod shared;
 pub mod sidecar;
+pub mod state;
 
 pub use proxy_wasm;
 

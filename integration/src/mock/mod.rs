@@ -13,6 +13,7 @@
 //! - `x-mock-reset-after: 3` — reset the connection after that many streamed events.
 //! - `x-mock-echo: 1` — the reply text is the request body as received.
 //! - `x-mock-cached-tokens: 50` — report that many prompt tokens as read from the provider cache.
+//! - `x-mock-no-usage: 1` — OpenAI chat: leave `usage` out (as some OpenAI-compatible servers do).
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -196,6 +197,7 @@ pub(super) struct Controls {
     reset_after: Option<usize>,
     echo: bool,
     cached_tokens: u64,
+    no_usage: bool,
 }
 
 impl Controls {
@@ -210,6 +212,9 @@ impl Controls {
             reset_after: num("x-mock-reset-after").map(|n| n as usize),
             echo: req.header("x-mock-echo").is_some_and(|v| v == "1" || v == "true"),
             cached_tokens: num("x-mock-cached-tokens").unwrap_or(0),
+            no_usage: req
+                .header("x-mock-no-usage")
+                .is_some_and(|v| v == "1" || v == "true"),
         }
     }
 }

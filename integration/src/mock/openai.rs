@@ -33,20 +33,24 @@ pub(super) fn chat(rec: &Recorded, req: &Value, ctl: &Controls) -> Response<Mock
     let finish = if r.finish_length { "length" } else { "stop" };
     let usage = openai_usage(prompt_tokens, r.completion_tokens, ctl.cached_tokens);
     if req.get("stream").and_then(Value::as_bool) != Some(true) {
-        return json_response(
-            StatusCode::OK,
-            &json!({
-                "id": id, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text, "refusal": null, "annotations": []},
-                             "logprobs": null, "finish_reason": finish}],
-                "usage": usage, "service_tier": "default", "system_fingerprint": fingerprint
-            }),
-        );
+        let mut body = json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text, "refusal": null, "annotations": []},
+                         "logprobs": null, "finish_reason": finish}],
+            "usage": usage, "service_tier": "default", "system_fingerprint": fingerprint
+        });
+        if ctl.no_usage
+            && let Some(o) = body.as_object_mut()
+        {
+            o.remove("usage");
+        }
+        return json_response(StatusCode::OK, &body);
     }
-    let include_usage = req
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        == Some(true);
+    let include_usage = !ctl.no_usage
+        && req
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true);
     let chunk = |choices: Value, usage: Option<&Value>| {
         let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                            "service_tier": "default", "system_fingerprint": fingerprint, "choices": choices});

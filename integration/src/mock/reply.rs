@@ -4,11 +4,7 @@ use super::{Controls, Recorded};
 use crate::tokens;
 use serde_json::Value;
 
-pub(super) fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+pub(super) use filter_core::hash::fnv1a as fnv;
 
 /// What the mock "generates": derived from the prompt, cut to the completion budget.
 pub(super) struct Reply {
