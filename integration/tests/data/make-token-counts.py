@@ -1,6 +1,6 @@
 """Reference token counts for the token-counter tests, computed independently of our code by OpenAI's
 Python `tiktoken` and the OpenAI cookbook's chat formula (`num_tokens_from_messages`: 3 tokens per
-message, 1 per `name`, 3 to prime the reply).
+message, 1 per `name`, 3 to prime the reply; `num_tokens_for_tools` for tool definitions).
 
 Made offline with (tiktoken 0.14.0; the .tiktoken files are the ones tiktoken-rs 0.12 ships, which
 have the hashes tiktoken expects, stored under the names tiktoken's cache uses):
@@ -56,7 +56,82 @@ CONVERSATIONS = {
     ],
 }
 
+WEATHER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_current_weather",
+            "description": "Get the current weather in a given location",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
+                    "unit": {"type": "string", "description": "The unit of temperature to return", "enum": ["celsius", "fahrenheit"]},
+                },
+                "required": ["location"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_order",
+            "description": "Find an order by its id.",
+            "parameters": {
+                "type": "object",
+                "properties": {"order_id": {"type": "string", "description": "The order id."}},
+            },
+        },
+    },
+]
+
+# Conversations sent with tool definitions (the cookbook's weather example plus one more tool).
+TOOLS = {
+    "tools": [
+        {"role": "system", "content": "You are a helpful assistant that can answer to questions about the weather."},
+        {"role": "user", "content": "What's the weather like in San Francisco?"},
+    ],
+}
+
+# A tool result: every string field of a message counts, tool_call_id included.
+CONVERSATIONS["tool_result"] = [
+    {"role": "user", "content": "Where is order 42?"},
+    {"role": "tool", "tool_call_id": "call_abc123", "content": "{\"status\": \"shipped\"}"},
+]
+
 MODELS = {"gpt-4o": "o200k_base", "gpt-4-0613": "cl100k_base"}
+# The cookbook's per-family constants for tool definitions.
+TOOL_SETTINGS = {
+    "gpt-4o": dict(func_init=7, prop_init=3, prop_key=3, enum_init=-3, enum_item=3, func_end=12),
+    "gpt-4-0613": dict(func_init=10, prop_init=3, prop_key=3, enum_init=-3, enum_item=3, func_end=12),
+}
+
+
+def count_tools(functions, enc, s):
+    """The cookbook's num_tokens_for_tools, without the messages part."""
+    n = 0
+    for f in functions:
+        n += s["func_init"]
+        function = f["function"]
+        desc = function["description"]
+        if desc.endswith("."):
+            desc = desc[:-1]
+        n += len(enc.encode(function["name"] + ":" + desc))
+        props = function["parameters"]["properties"]
+        if len(props) > 0:
+            n += s["prop_init"]
+            for key, p in props.items():
+                n += s["prop_key"]
+                if "enum" in p:
+                    n += s["enum_init"]
+                    for item in p["enum"]:
+                        n += s["enum_item"]
+                        n += len(enc.encode(item))
+                pdesc = p["description"]
+                if pdesc.endswith("."):
+                    pdesc = pdesc[:-1]
+                n += len(enc.encode(f"{key}:{p['type']}:{pdesc}"))
+    return n + s["func_end"]
 
 
 def count(messages, enc):
@@ -71,7 +146,7 @@ def count(messages, enc):
 
 
 out = {
-    "produced_by": "tiktoken %s, OpenAI cookbook num_tokens_from_messages (3 per message, 1 per name, 3 reply priming); "
+    "produced_by": "tiktoken %s, OpenAI cookbook num_tokens_from_messages (3 per message, 1 per name, 3 reply priming) and num_tokens_for_tools; "
     "see integration/tests/data/make-token-counts.py" % tiktoken.__version__,
     "conversations": {},
 }
@@ -79,6 +154,18 @@ for name, messages in CONVERSATIONS.items():
     out["conversations"][name] = {
         "messages": messages,
         "prompt_tokens": {model: count(messages, tiktoken.get_encoding(e)) for model, e in MODELS.items()},
+        "content_tokens": {
+            model: [len(tiktoken.get_encoding(e).encode(m["content"])) for m in messages] for model, e in MODELS.items()
+        },
+    }
+for name, messages in TOOLS.items():
+    out["conversations"][name] = {
+        "messages": messages,
+        "tools": WEATHER_TOOLS,
+        "prompt_tokens": {
+            model: count(messages, tiktoken.get_encoding(e)) + count_tools(WEATHER_TOOLS, tiktoken.get_encoding(e), TOOL_SETTINGS[model])
+            for model, e in MODELS.items()
+        },
         "content_tokens": {
             model: [len(tiktoken.get_encoding(e).encode(m["content"])) for m in messages] for model, e in MODELS.items()
         },
