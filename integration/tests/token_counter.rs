@@ -534,3 +534,136 @@ fn bad_configs_are_rejected_at_load_naming_the_field() {
         );
     }
 }
+
+fn sidecar_budget_config(limit: u64, failure_mode: &str) -> Value {
+    json!({"response_headers": true,
+           "budgets": {"backend": "sidecar", "failure_mode": failure_mode, "sidecar": {"timeout_ms": 1000},
+                       "rules": [{"name": "per-hour", "window": "hour", "tokens": limit}]}})
+}
+
+fn envoy_with_sidecar(mock: &MockLlm, sidecar_port: u16, config: &Value) -> Envoy {
+    Envoy::start(
+        Options::new("envoy.yaml")
+            .upstream(default_ports::LLM_UPSTREAM, mock.port())
+            .upstream(default_ports::SIDECAR, sidecar_port)
+            .wasm_filter("token-counter", "token_counter.wasm", config),
+    )
+    .unwrap()
+}
+
+fn sidecar_on(redis: &sidecar::background::RedisServer) -> sidecar::background::Background {
+    let root = tollgate_it::repo_root();
+    let args: Vec<String> = [
+        "--model-dir",
+        &root.join("models/all-MiniLM-L6-v2").display().to_string(),
+        "--redis-url",
+        &redis.url(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    sidecar::background::Background::start(&args).unwrap()
+}
+
+/// Two Envoy replicas, each with its own sidecar, both sidecars on one Redis: one budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_one_budget_through_the_sidecar_on_redis() {
+    let redis = sidecar::background::RedisServer::start().unwrap();
+    let (sc1, sc2) = (sidecar_on(&redis), sidecar_on(&redis));
+    let mock = MockLlm::start().unwrap();
+    // max_tokens well above what the mock writes, so settling with the real usage frees room.
+    let req = chat_req("Share this budget across replicas", 200);
+    let c = Client::new();
+    let reservation = {
+        let probe = envoy(&mock, &json!({"response_headers": true}), 1).unwrap();
+        let r = c.post_json(&probe.url(CHAT), &[], &req).await.unwrap();
+        r.header("x-tollgate-prompt-tokens")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            + 200
+    };
+    let limit = 4 * reservation + reservation / 2;
+    let config = sidecar_budget_config(limit, "closed");
+    let e1 = envoy_with_sidecar(&mock, sc1.addr.port(), &config);
+    let e2 = envoy_with_sidecar(&mock, sc2.addr.port(), &config);
+
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let url = if i % 2 == 0 { e1.url(CHAT) } else { e2.url(CHAT) };
+        let (c, req) = (c.clone(), req.clone());
+        tasks.push(tokio::spawn(async move {
+            c.post_json(
+                &url,
+                &[("x-tollgate-subject", "dave"), ("x-mock-latency-ms", "300")],
+                &req,
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let (mut ok, mut used) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            200 => {
+                ok += 1;
+                used += r.json()["usage"]["total_tokens"].as_u64().unwrap();
+            }
+            429 => assert!(r.header("retry-after").is_some()),
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    }
+    eprintln!("{ok} of 20 admitted across two replicas, {used} of {limit} tokens used");
+    assert_eq!(ok, 4, "both replicas drew on one budget of four reservations");
+    assert!(used <= limit);
+
+    // Settlement reaches Redis through the sidecar: once it has, a reservation on the other replica
+    // sees the real usage. (The probe fails upstream, so it releases its own reservation.)
+    let want = limit - used - reservation;
+    let mut seen = Vec::new();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = c
+            .post_json(
+                &e2.url(CHAT),
+                &[("x-tollgate-subject", "dave"), ("x-mock-status", "500")],
+                &req,
+            )
+            .await
+            .unwrap();
+        seen.push((
+            r.status,
+            r.header("x-tollgate-budget-remaining").map(str::to_owned),
+        ));
+        if r.status == 500 && r.header("x-tollgate-budget-remaining") == Some(want.to_string().as_str()) {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.last().unwrap(),
+        &(500, Some(want.to_string())),
+        "remaining after settlement; seen {seen:?}"
+    );
+    drop((e1, e2));
+    sc1.stop();
+    sc2.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_store_that_does_not_answer_fails_closed_or_open_as_configured() {
+    let mock = MockLlm::start().unwrap();
+    let dead = tollgate_it::ports::free_port().unwrap();
+    let c = Client::new();
+    let req = chat_req("Is anyone keeping count?", 10);
+    let h = [("x-tollgate-subject", "frank")];
+    let closed = envoy_with_sidecar(&mock, dead, &sidecar_budget_config(10_000, "closed"));
+    let r = c.post_json(&closed.url(CHAT), &h, &req).await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "budget_unavailable");
+    drop(closed);
+    let open = envoy_with_sidecar(&mock, dead, &sidecar_budget_config(10_000, "open"));
+    let r = c.post_json(&open.url(CHAT), &h, &req).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(stat(&open, "budget_errors") >= 1);
+}

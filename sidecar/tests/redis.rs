@@ -31,7 +31,7 @@ fn reserve(id: &str, budget: &str, tokens: u64, limit: u64) -> ReserveRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sidecars_share_budgets_and_settle_once() {
-    let redis = Redis::start();
+    let redis = Redis::start().unwrap();
     let (a, b) = pair(&redis);
     let mut ba = a.budget().await;
     let mut bb = b.budget().await;
@@ -80,7 +80,7 @@ async fn two_sidecars_share_budgets_and_settle_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_clients_on_two_sidecars_never_overshoot() {
-    let redis = Redis::start();
+    let redis = Redis::start().unwrap();
     let (a, b) = pair(&redis);
     let (ca, cb) = (a.channel().await, b.channel().await);
     let mut tasks = Vec::new();
@@ -121,7 +121,7 @@ async fn fifty_concurrent_clients_on_two_sidecars_never_overshoot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_stored_on_one_sidecar_is_found_by_the_other() {
-    let redis = Redis::start();
+    let redis = Redis::start().unwrap();
     let (a, b) = pair(&redis);
     let mut ca = a.cache().await;
     let mut cb = b.cache().await;
@@ -184,7 +184,7 @@ async fn cache_stored_on_one_sidecar_is_found_by_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_entries_expire() {
-    let redis = Redis::start();
+    let redis = Redis::start().unwrap();
     let a = spawn(&["--redis-url", &redis.url()]);
     let mut c = a.cache().await;
     c.store(CacheStoreRequest {
@@ -216,7 +216,7 @@ async fn cache_entries_expire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_going_away_is_unavailable_not_a_crash() {
-    let redis = Redis::start();
+    let redis = Redis::start().unwrap();
     let a = spawn(&["--redis-url", &redis.url()]);
     let mut b = a.budget().await;
     b.reserve(reserve("before", "tenant:x", 1, 10)).await.unwrap();

@@ -444,9 +444,13 @@ impl Http {
         let Some(sidecar) = &self.shared.sidecar else {
             return Action::Continue;
         };
-        if self.request_id.is_empty() {
-            self.request_id = format!("{}-{}", self.now_secs(), self.id);
-        }
+        // Reserve is idempotent per id, so the id must be ours alone: a client that resent an
+        // x-request-id must not get a second request on the first one's reservation.
+        let nanos = self
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        self.request_id = format!("{}:{nanos:x}:{}", self.request_id, self.id);
         for &i in rules {
             let Some(rule) = budgets.rules.get(i) else {
                 continue;

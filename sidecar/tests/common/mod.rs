@@ -6,7 +6,7 @@ use inference_proto::v1::inference_client::InferenceClient;
 use inference_proto::v1::semantic_cache_client::SemanticCacheClient;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::Duration;
+
 use tonic::transport::Channel;
 
 pub fn workspace() -> PathBuf {
@@ -107,67 +107,5 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (na * nb)
 }
 
-/// A real Redis on a free loopback port, in a temp dir, killed on drop.
-pub struct Redis {
-    pub port: u16,
-    child: std::process::Child,
-    _dir: TempDir,
-}
-
-pub struct TempDir(pub PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Redis {
-    pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("tollgate-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .current_dir(&dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server not found: run scripts/setup.sh");
-        // From here on, Drop kills and reaps the child whatever happens.
-        let redis = Self {
-            port,
-            child,
-            _dir: TempDir(dir),
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not listen on {port}");
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[allow(unused_imports)] // used by tests/redis.rs only
+pub use sidecar::background::RedisServer as Redis;
