@@ -226,6 +226,11 @@ impl Envoy {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
 
+    /// The Envoy process id (for RSS in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Envoy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

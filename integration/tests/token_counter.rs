@@ -170,6 +170,47 @@ async fn usage_and_cost_from_json_and_streams_of_both_apis() {
     }
     assert!(stat(&envoy, "prompt_tokens.model.gpt-4o") >= 2 * p);
     assert!(stat(&envoy, "cost_micro_usd.model.claude-sonnet-4-5") > 0);
+    // The model is a Prometheus label (stats_tags in envoy.yaml).
+    let prom = c.get(&envoy.admin_url("/stats/prometheus")).await.unwrap().text();
+    assert!(
+        prom.lines()
+            .any(|l| l.starts_with("tollgate_token_counter_prompt_tokens{model=\"gpt-4o\"}")),
+        "{prom}"
+    );
+}
+
+/// The snippet users copy (envoy/filters/token-counter.yaml) loads as shipped and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_envoy_snippet_works() {
+    let mock = MockLlm::start().unwrap();
+    let path = tollgate_it::repo_root().join("envoy/filters/token-counter.yaml");
+    let snippet: String = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let wasm = tollgate_it::envoy::wasm_path("token_counter.wasm");
+    let snippet = snippet.replace(
+        "filename: target/wasm32-wasip1/release/token_counter.wasm",
+        &format!("filename: {}", wasm.display()),
+    );
+    let mut opts = Options::new("envoy.yaml").upstream(default_ports::LLM_UPSTREAM, mock.port());
+    opts.filters.push(snippet);
+    opts.concurrency = 2;
+    let envoy = Envoy::start(opts).unwrap();
+    let r = Client::new()
+        .post_json(&envoy.url(CHAT), &[], &chat_req("hello from the snippet", 20))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let prompt: u64 = r.header("x-tollgate-prompt-tokens").unwrap().parse().unwrap();
+    let left: u64 = r.header("x-tollgate-budget-remaining").unwrap().parse().unwrap();
+    assert_eq!(
+        left,
+        200_000 - prompt - 20,
+        "anonymous callers share the per-minute budget"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

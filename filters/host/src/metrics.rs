@@ -1,5 +1,5 @@
 //! Envoy stats defined through proxy-wasm. Names follow `tollgate_<filter>_<what>`; Envoy shows them
-//! under the `wasmcustom.` prefix (Prometheus: `envoy_wasmcustom_tollgate_…`). Dimensions are
+//! under the `wasmcustom.` prefix in `/stats` (Prometheus drops it: `tollgate_…`). Dimensions are
 //! encoded into the name as `.<tag>.<value>` segments, which the Envoy configs turn back into tags
 //! with `stats_config.stats_tags`.
 

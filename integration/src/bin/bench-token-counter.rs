@@ -1,0 +1,322 @@
+//! `bench-token-counter [--seconds 5] [--connections 8] [--json PATH]` — run by
+//! `scripts/bench.sh token-counter`. Bare Envoy and Envoy with the token counter, side by side in
+//! one run, in front of the in-process mock provider, loaded with `wrk`:
+//! - requests/s and latency (p50, p99) for ~200 B, 8 KB and 100 KB chat prompts (1 worker);
+//! - start-up: time to `/ready`, and the first counted request (it builds the BPE table);
+//! - Envoy RSS at `--concurrency 2` once both workers have served requests;
+//! - a 20-turn conversation with the per-message count cache on and off.
+//!
+//! Prints Markdown; `--json` also writes the numbers. Measurements of this machine, not assertions.
+
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tollgate_it::client::Client;
+use tollgate_it::envoy::{Envoy, Options, default_ports};
+use tollgate_it::mock::MockLlm;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+const CHAT: &str = "/v1/chat/completions";
+
+struct Args {
+    seconds: u64,
+    connections: u32,
+    json: Option<PathBuf>,
+}
+
+fn args() -> Result<Args, Error> {
+    let mut a = Args {
+        seconds: 5,
+        connections: 8,
+        json: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let v = it.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--seconds" => a.seconds = v.parse()?,
+            "--connections" => a.connections = v.parse()?,
+            "--json" => a.json = Some(v.into()),
+            _ => return Err(format!("unknown flag {flag}").into()),
+        }
+    }
+    Ok(a)
+}
+
+fn filter_config(cache_entries: usize) -> Value {
+    json!({"count_cache_entries": cache_entries,
+           "models": {"gpt-4o*": {"max_context_tokens": 128000,
+                                   "price": {"input": 2.5, "output": 10.0, "cached_input": 1.25}}}})
+}
+
+fn start(mock: &MockLlm, filter: Option<&Value>, concurrency: u32) -> Result<(Envoy, Duration), Error> {
+    let mut opts = Options::new("envoy.yaml").upstream(default_ports::LLM_UPSTREAM, mock.port());
+    if let Some(cfg) = filter {
+        opts = opts.wasm_filter("token-counter", "token_counter.wasm", cfg);
+    }
+    opts.concurrency = concurrency;
+    let t = Instant::now();
+    let envoy = Envoy::start(opts)?;
+    Ok((envoy, t.elapsed()))
+}
+
+/// Prose of about `bytes` bytes (varied words, as prompts are; a repeated character would make
+/// BPE unrealistically cheap).
+fn prose(bytes: usize, seed: u64) -> String {
+    const WORDS: [&str; 24] = [
+        "gateway", "tokens", "budget", "latency", "stream", "provider", "request", "model", "context",
+        "window", "cache", "route", "tenant", "policy", "usage", "the", "of", "and", "with", "for",
+        "measured", "Envoy", "filter", "response",
+    ];
+    let mut s = String::with_capacity(bytes + 16);
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while s.len() < bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
+        s.push(if x.is_multiple_of(11) { '.' } else { ' ' });
+    }
+    s.truncate(bytes);
+    s
+}
+
+fn chat_body(content: &str) -> Value {
+    json!({"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": content}]})
+}
+
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// Runs wrk against `url` with `body` as a POST.
+fn wrk(
+    url: &str,
+    body: &Value,
+    seconds: u64,
+    connections: u32,
+    dir: &std::path::Path,
+) -> Result<Load, Error> {
+    let body_path = dir.join("body.json");
+    std::fs::write(&body_path, serde_json::to_vec(body)?)?;
+    let script = dir.join("post.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "local f = io.open({:?}, 'rb')\nwrk.method = 'POST'\nwrk.body = f:read('*a')\nf:close()\nwrk.headers['content-type'] = 'application/json'\n",
+            body_path.display().to_string()
+        ),
+    )?;
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .map_err(|e| format!("wrk: {e} (scripts/bench.sh installs it)"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let find = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
+    };
+    let ms = |v: String| -> f64 {
+        let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+        let n: f64 = num.parse().unwrap_or(f64::NAN);
+        match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            _ => f64::NAN,
+        }
+    };
+    let errors = find("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Load {
+        rps: find("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN),
+        p50_ms: find("50%").map_or(f64::NAN, ms),
+        p99_ms: find("99%").map_or(f64::NAN, ms),
+        errors,
+    })
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+async fn timed_post(c: &Client, url: &str, body: &Value) -> Result<Duration, Error> {
+    let t = Instant::now();
+    let r = c.post_json(url, &[], body).await?;
+    if r.status != 200 {
+        return Err(format!("status {}: {}", r.status, r.text()).into());
+    }
+    Ok(t.elapsed())
+}
+
+/// Sum of the latencies of a 20-turn conversation (each turn resends the history), fresh text per
+/// repetition so no turn is cached from an earlier run. Returns (all turns, last turn) in ms.
+async fn conversation(envoy: &Envoy, reps: u64) -> Result<(f64, f64), Error> {
+    let c = Client::new();
+    let (mut total, mut last) = (0.0, 0.0);
+    for rep in 0..reps {
+        let mut messages = vec![json!({"role": "system", "content": prose(2000, 1000 + rep)})];
+        for turn in 0..20 {
+            messages.push(json!({"role": "user", "content": prose(600, rep * 100 + turn * 2)}));
+            let body = json!({"model": "gpt-4o-mini", "max_tokens": 16, "messages": messages});
+            let d = timed_post(&c, &envoy.url(CHAT), &body).await?.as_secs_f64() * 1000.0;
+            total += d;
+            if turn == 19 {
+                last += d;
+            }
+            messages.push(json!({"role": "assistant", "content": prose(600, rep * 100 + turn * 2 + 1)}));
+        }
+    }
+    Ok((total / reps as f64, last / reps as f64))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Error> {
+    let a = args()?;
+    let mock = MockLlm::start()?;
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = filter_config(0);
+    let c = Client::new();
+    let mut out = json!({"seconds": a.seconds, "connections": a.connections, "throughput": [], "cache": {}});
+
+    // The mock builds its own tiktoken table on first use: warm it, so first requests below time
+    // Envoy alone.
+    timed_post(&c, &mock.url(CHAT), &chat_body("warm up")).await?;
+
+    // Start-up and first request, one worker (the first counted request builds the o200k table).
+    // Throughput runs with the count cache off: wrk resends one body, and real prompts are new.
+    let (bare, bare_ready) = start(&mock, None, 1)?;
+    let (filtered, filtered_ready) = start(&mock, Some(&cfg), 1)?;
+    let small = chat_body(&prose(200, 1));
+    let first_bare = timed_post(&c, &bare.url(CHAT), &small).await?;
+    let first_filtered = timed_post(&c, &filtered.url(CHAT), &small).await?;
+    let second_filtered = timed_post(&c, &filtered.url(CHAT), &chat_body(&prose(200, 2))).await?;
+    out["startup"] = json!({
+        "ready_ms": {"bare": bare_ready.as_millis(), "token_counter": filtered_ready.as_millis()},
+        "first_request_ms": {"bare": first_bare.as_secs_f64() * 1e3, "token_counter": first_filtered.as_secs_f64() * 1e3},
+        "second_request_ms": {"token_counter": second_filtered.as_secs_f64() * 1e3},
+    });
+
+    println!(
+        "\n### token-counter vs bare Envoy (1 worker, wrk -t1 -c{} -d{}s, count cache off: every prompt counted)\n",
+        a.connections, a.seconds
+    );
+    // The same filter with the count cache on: a repeated prompt is a cache hit, which isolates
+    // the filter's cost without counting.
+    let (cached, _) = start(&mock, Some(&filter_config(4096)), 1)?;
+    timed_post(&c, &cached.url(CHAT), &small).await?;
+    println!(
+        "| prompt | bare rps | filter rps | filter rps, cache hit | bare p50 / p99 ms | filter p50 / p99 ms | added p50 ms |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (label, bytes) in [("200 B", 200), ("8 KB", 8 << 10), ("100 KB", 100 << 10)] {
+        let body = chat_body(&prose(bytes, bytes as u64));
+        let b = wrk(&bare.url(CHAT), &body, a.seconds, a.connections, &dir)?;
+        let f = wrk(&filtered.url(CHAT), &body, a.seconds, a.connections, &dir)?;
+        let h = wrk(&cached.url(CHAT), &body, a.seconds, a.connections, &dir)?;
+        if b.errors + f.errors + h.errors > 0 {
+            return Err(format!(
+                "{label}: non-2xx responses (bare {}, filter {}, cached {})",
+                b.errors, f.errors, h.errors
+            )
+            .into());
+        }
+        println!(
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} |",
+            b.rps,
+            f.rps,
+            h.rps,
+            b.p50_ms,
+            b.p99_ms,
+            f.p50_ms,
+            f.p99_ms,
+            f.p50_ms - b.p50_ms
+        );
+        if let Some(list) = out["throughput"].as_array_mut() {
+            list.push(json!({"prompt": label, "bytes": bytes,
+                "bare": {"rps": b.rps, "p50_ms": b.p50_ms, "p99_ms": b.p99_ms},
+                "token_counter": {"rps": f.rps, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms},
+                "token_counter_cache_hit": {"rps": h.rps, "p50_ms": h.p50_ms, "p99_ms": h.p99_ms}}));
+        }
+    }
+
+    // The count cache on a 20-turn conversation (both filtered Envoys are warm).
+    let (bare_conv, bare_last) = conversation(&bare, 3).await?;
+    let (on, on_last) = conversation(&cached, 3).await?;
+    let (off, off_last) = conversation(&filtered, 3).await?;
+    out["cache"] = json!({"turns": 20, "bare_ms": bare_conv, "cache_on_ms": on, "cache_off_ms": off,
+                          "last_turn_ms": {"bare": bare_last, "cache_on": on_last, "cache_off": off_last}});
+    drop((bare, filtered, cached));
+    println!("\n### 20-turn conversation (2 KB system prompt, 600 B per message; mean of 3)\n");
+    println!("| | all 20 turns ms | 20th turn ms |\n|---|---|---|");
+    println!("| bare Envoy | {bare_conv:.1} | {bare_last:.2} |");
+    println!("| count cache on | {on:.1} | {on_last:.2} |");
+    println!("| count cache off | {off:.1} | {off_last:.2} |");
+
+    // RSS with two workers, after both have served (and so built their tables).
+    let (bare2, _) = start(&mock, None, 2)?;
+    let (filtered2, ready2) = start(&mock, Some(&cfg), 2)?;
+    let idle = (rss_mb(bare2.pid()), rss_mb(filtered2.pid()));
+    for i in 0..40 {
+        // A fresh connection each time, so both workers take requests.
+        let c = Client::new();
+        timed_post(&c, &bare2.url(CHAT), &chat_body(&prose(300, i))).await?;
+        timed_post(&c, &filtered2.url(CHAT), &chat_body(&prose(300, i))).await?;
+    }
+    let loaded = (rss_mb(bare2.pid()), rss_mb(filtered2.pid()));
+    out["rss_mb_concurrency_2"] = json!({"bare": {"idle": idle.0, "after_requests": loaded.0},
+                                          "token_counter": {"idle": idle.1, "after_requests": loaded.1},
+                                          "ready_ms_token_counter": ready2.as_millis()});
+    println!("\n### Start-up and memory\n");
+    println!("| | bare | token-counter |\n|---|---|---|");
+    println!(
+        "| ready, 1 worker (ms) | {} | {} |",
+        bare_ready.as_millis(),
+        filtered_ready.as_millis()
+    );
+    println!(
+        "| first request (ms) | {:.1} | {:.1} (builds o200k; next: {:.1}) |",
+        first_bare.as_secs_f64() * 1e3,
+        first_filtered.as_secs_f64() * 1e3,
+        second_filtered.as_secs_f64() * 1e3
+    );
+    println!("| RSS, 2 workers, idle (MB) | {:.0} | {:.0} |", idle.0, idle.1);
+    println!(
+        "| RSS, 2 workers, after 40 requests (MB) | {:.0} | {:.0} |",
+        loaded.0, loaded.1
+    );
+
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&out)?)?;
+        println!("\n(written to {})", path.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
