@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the Tollgate demo in the foreground: installs and builds what is missing, starts the mock
-# LLM upstream, the inference sidecar and Envoy with envoy/envoy.yaml, prints requests to paste.
+# LLM upstream, the inference sidecar and Envoy with envoy/envoy.yaml plus the landed filters
+# (envoy/filters/*.yaml: token-counter), prints requests to paste.
 # Ctrl-C stops everything. Ports: TOLLGATE_PORT (10000), TOLLGATE_ADMIN_PORT (9901),
 # TOLLGATE_UPSTREAM_PORT (8081), TOLLGATE_SIDECAR_PORT (50051), TOLLGATE_SIDECAR_METRICS_PORT (9464).
 set -euo pipefail
@@ -24,6 +25,20 @@ sed -e "s/port_value: 10000\$/port_value: $PORT/" \
     -e "s/port_value: 9901\$/port_value: $ADMIN_PORT/" \
     -e "s/port_value: 8081\$/port_value: $UPSTREAM_PORT/" \
     -e "s/port_value: 50051\$/port_value: $SIDECAR_PORT/" envoy/envoy.yaml >"$run/envoy.yaml"
+# The filters that have landed, from their snippets in envoy/filters/, in the chain's order, just
+# before the router.
+python3 - "$run/envoy.yaml" "$PWD" envoy/filters/token-counter.yaml <<'PY'
+import sys
+path, root, snippets = sys.argv[1], sys.argv[2], sys.argv[3:]
+router = "                  - name: envoy.filters.http.router\n"
+config = open(path).read()
+filters = "".join(
+    line.replace("filename: target/", f"filename: {root}/target/")
+    for s in snippets for line in open(s, encoding="utf-8") if not line.startswith("#")
+)
+assert router in config, "no router in envoy.yaml"
+open(path, "w").write(config.replace(router, filters + router))
+PY
 
 pids=()
 cleanup() {
@@ -65,9 +80,13 @@ Tollgate demo is up.
 
 Try, in another terminal:
 
-  # OpenAI chat completion
-  curl -s $GW/v1/chat/completions -H 'content-type: application/json' \\
+  # OpenAI chat completion; token-counter adds x-tollgate-prompt-tokens and the budget left
+  curl -si $GW/v1/chat/completions -H 'content-type: application/json' -H 'x-tollgate-subject: alice' \\
     -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello, gateway"}]}'
+
+  # Prompt + max_tokens over gpt-4o's 128000-token context: 400 before the provider is called
+  curl -s $GW/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"model":"gpt-4o","max_tokens":130000,"messages":[{"role":"user","content":"Hello"}]}'
 
   # OpenAI streaming, with usage in the last chunk
   curl -sN $GW/v1/chat/completions -H 'content-type: application/json' \\
@@ -81,8 +100,12 @@ Try, in another terminal:
   head -c 1200000 /dev/zero | tr '\\0' x | sed 's/^/{"model":"gpt-4o","messages":[{"role":"user","content":"/; s/\$/"}]}/' \\
     | curl -s $GW/v1/chat/completions -H 'content-type: application/json' --data-binary @-
 
-  # Gateway metrics
+  # Gateway metrics: requests, and tokens and cost per model
   curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep 'downstream_rq_xx{.*prefix="tollgate"'
+  curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep '^tollgate_token_counter'
+
+  # The access log has the per-request AI fields (model, tokens, cost)
+  tail -n 3 $run/access.log
 
   # Envoy's gRPC health checks of the inference sidecar, and the sidecar's own metrics
   curl -s http://127.0.0.1:$ADMIN_PORT/stats | grep 'inference_sidecar.health_check.success'
