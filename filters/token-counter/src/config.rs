@@ -87,6 +87,17 @@ pub struct Price {
     pub cache_write: Option<f64>,
 }
 
+impl Price {
+    /// USD for `u`; cached reads and cache writes at their own rates, each token once.
+    pub fn cost(&self, u: &filter_core::usage::TokenUsage) -> f64 {
+        let per = |tokens: u64, rate: f64| tokens as f64 * rate / 1e6;
+        per(u.input_tokens, self.input)
+            + per(u.cache_read_tokens, self.cached_input.unwrap_or(self.input))
+            + per(u.cache_write_tokens, self.cache_write.unwrap_or(self.input))
+            + per(u.output_tokens, self.output)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBudgets {
@@ -406,7 +417,10 @@ fn compile_budgets(b: RawBudgets, groups: &[String]) -> Result<Budgets, ConfigEr
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use filter_core::config::parse;
 
@@ -532,5 +546,23 @@ mod tests {
             "tollgate.token_counter.budget.premium-hour."
         );
         assert_eq!(b.rules[1].window.seconds(), 86_400);
+    }
+
+    #[test]
+    fn cost_uses_each_rate_once() {
+        let p = Price {
+            input: 2.5,
+            output: 10.0,
+            cached_input: Some(1.25),
+            cache_write: None,
+        };
+        let u = filter_core::usage::TokenUsage {
+            input_tokens: 1_000_000,
+            cache_read_tokens: 2_000_000,
+            cache_write_tokens: 400_000,
+            output_tokens: 100_000,
+        };
+        let want = 2.5 + 2.5 + 1.0 + 1.0;
+        assert!((p.cost(&u) - want).abs() < 1e-9, "{}", p.cost(&u));
     }
 }
