@@ -80,7 +80,7 @@ async fn prompt_counts_equal_python_tiktoken_reference_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_and_cost_from_json_and_streams_of_both_apis() {
     let mock = MockLlm::start().unwrap();
-    let config = json!({"models": {
+    let config = json!({"tenant_metrics": {"max_tenants": 1}, "models": {
         "gpt-4o*": {"price": {"input": 2.5, "output": 10.0, "cached_input": 1.25}},
         "claude-*": {"price": {"input": 3.0, "output": 15.0, "cached_input": 0.3}}}});
     let envoy = envoy(&mock, &config, 1).unwrap();
@@ -91,7 +91,7 @@ async fn usage_and_cost_from_json_and_streams_of_both_apis() {
     let r = c
         .post_json(
             &envoy.url(CHAT),
-            &[("x-mock-cached-tokens", "4")],
+            &[("x-mock-cached-tokens", "4"), ("x-tollgate-tenant", "acme")],
             &json!({"model": "gpt-4o", "messages": msgs}),
         )
         .await
@@ -118,7 +118,10 @@ async fn usage_and_cost_from_json_and_streams_of_both_apis() {
     // OpenAI stream where the client asked for usage: untouched, counted.
     let req = json!({"model": "gpt-4o", "messages": msgs, "stream": true, "stream_options": {"include_usage": true}});
     let direct = c.post_json(&mock.url(CHAT), &[], &req).await.unwrap();
-    let r = c.post_json(&envoy.url(CHAT), &[], &req).await.unwrap();
+    let r = c
+        .post_json(&envoy.url(CHAT), &[("x-tollgate-tenant", "globex")], &req)
+        .await
+        .unwrap();
     assert_eq!(r.text(), direct.text());
     let log = access_log(&envoy, 2).await;
     assert_eq!(log[1]["prompt_tokens"], p.to_string());
@@ -176,6 +179,20 @@ async fn usage_and_cost_from_json_and_streams_of_both_apis() {
         prom.lines()
             .any(|l| l.starts_with("tollgate_token_counter_prompt_tokens{model=\"gpt-4o\"}")),
         "{prom}"
+    );
+    // Tenants are labels up to max_tenants (1 here); later ones count under `other`.
+    let value = |series: &str| -> u64 {
+        prom.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in {prom}"))
+    };
+    assert_eq!(
+        value("tollgate_token_counter_tenant_tokens{tenant=\"acme\"}"),
+        p + o
+    );
+    assert_eq!(
+        value("tollgate_token_counter_tenant_tokens{tenant=\"other\"}"),
+        p + o
     );
 }
 

@@ -28,6 +28,28 @@ pub struct RawConfig {
     /// Per-VM cache of per-message counts, keyed by a hash of the text (0 turns it off).
     #[serde(default = "default_cache_entries")]
     pub count_cache_entries: usize,
+    /// Tokens and cost per tenant as metrics, for a bounded tenant set.
+    #[serde(default)]
+    pub tenant_metrics: Option<TenantMetrics>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantMetrics {
+    /// Request header naming the tenant (set by jwt-auth from a verified claim).
+    #[serde(default = "default_tenant_header")]
+    pub header: String,
+    /// Distinct tenants with their own label; later ones count under `other`.
+    #[serde(default = "default_max_tenants")]
+    pub max_tenants: usize,
+}
+
+fn default_tenant_header() -> String {
+    filter_core::headers::TENANT.to_owned()
+}
+
+fn default_max_tenants() -> usize {
+    32
 }
 
 fn default_max_body() -> usize {
@@ -223,6 +245,7 @@ pub struct Config {
     pub completion_estimate: u64,
     pub response_headers: bool,
     pub count_cache_entries: usize,
+    pub tenant_metrics: Option<TenantMetrics>,
     exact: HashMap<String, Model>,
     /// Longest prefix first.
     prefixes: Vec<(String, Model)>,
@@ -274,6 +297,20 @@ pub fn builtin_encoding(model: &str) -> Option<Encoding> {
 pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.max_body_bytes == 0 {
         return Err(ConfigError::field("max_body_bytes", "must be at least 1"));
+    }
+    if let Some(t) = &raw.tenant_metrics {
+        if !is_header_name(&t.header) {
+            return Err(ConfigError::field(
+                "tenant_metrics.header",
+                "must be a lower-case HTTP header name",
+            ));
+        }
+        if !(1..=1000).contains(&t.max_tenants) {
+            return Err(ConfigError::field(
+                "tenant_metrics.max_tenants",
+                format!("{} is outside 1..=1000", t.max_tenants),
+            ));
+        }
     }
     let mut exact = HashMap::new();
     let mut prefixes = Vec::new();
@@ -336,18 +373,21 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         completion_estimate: raw.completion_estimate,
         response_headers: raw.response_headers,
         count_cache_entries: raw.count_cache_entries,
+        tenant_metrics: raw.tenant_metrics,
         exact,
         prefixes,
         budgets,
     })
 }
 
+fn is_header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+}
+
 fn compile_budgets(b: RawBudgets, groups: &[String]) -> Result<Budgets, ConfigError> {
-    let header_ok = !b.identity_header.is_empty()
-        && b.identity_header
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_');
-    if !header_ok {
+    if !is_header_name(&b.identity_header) {
         return Err(ConfigError::field(
             "budgets.identity_header",
             "must be a lower-case HTTP header name",
@@ -488,6 +528,14 @@ mod tests {
             (r#"{"models":{"m":{"encoding":"p50k"}}}"#, "models.m.encoding"),
             (r#"{"models":{"m":{"prce":{}}}}"#, "models.m.prce"),
             (r#"{"max_body_bytes":0}"#, "max_body_bytes"),
+            (
+                r#"{"tenant_metrics":{"max_tenants":0}}"#,
+                "tenant_metrics.max_tenants",
+            ),
+            (
+                r#"{"tenant_metrics":{"header":"Tenant"}}"#,
+                "tenant_metrics.header",
+            ),
             (r#"{"budgets":{"rules":[]}}"#, "budgets.rules"),
             (
                 r#"{"budgets":{"rules":[{"name":"a b","window":"hour","tokens":1}]}}"#,

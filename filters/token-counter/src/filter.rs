@@ -46,6 +46,8 @@ struct Metrics {
     cache_read_tokens: Family,
     cache_write_tokens: Family,
     cost_micro_usd: Family,
+    tenant_tokens: Family,
+    tenant_cost_micro_usd: Family,
     context_rejections: Family,
     budget_rejections: Family,
     invalid_requests: Option<Metric>,
@@ -60,7 +62,7 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn new(rules: usize) -> Self {
+    fn new(rules: usize, max_tenants: usize) -> Self {
         const MODELS: usize = 64;
         let model = |what: &str| Family::counter(format!("tollgate_token_counter_{what}"), "model", MODELS);
         let counter = |what: &str| Metric::counter(&format!("tollgate_token_counter_{what}"));
@@ -70,6 +72,12 @@ impl Metrics {
             cache_read_tokens: model("cache_read_tokens"),
             cache_write_tokens: model("cache_write_tokens"),
             cost_micro_usd: model("cost_micro_usd"),
+            tenant_tokens: Family::counter("tollgate_token_counter_tenant_tokens", "tenant", max_tenants),
+            tenant_cost_micro_usd: Family::counter(
+                "tollgate_token_counter_tenant_cost_micro_usd",
+                "tenant",
+                max_tenants,
+            ),
             context_rejections: model("context_rejections"),
             budget_rejections: Family::counter(
                 "tollgate_token_counter_budget_rejections",
@@ -135,7 +143,10 @@ impl RootContext for Root {
         }
         self.shared = Some(Rc::new(Shared {
             counter: RefCell::new(Counter::new(config.count_cache_entries)),
-            metrics: RefCell::new(Metrics::new(rules)),
+            metrics: RefCell::new(Metrics::new(
+                rules,
+                config.tenant_metrics.as_ref().map_or(1, |t| t.max_tenants),
+            )),
             config,
             sidecar,
             settle_queue: RefCell::new(Vec::new()),
@@ -165,6 +176,7 @@ impl RootContext for Root {
             price: None,
             counted: None,
             identity: None,
+            tenant: None,
             request_id: String::new(),
             amount: 0,
             held: Vec::new(),
@@ -206,6 +218,7 @@ struct Http {
     price: Option<Price>,
     counted: Option<u64>,
     identity: Option<String>,
+    tenant: Option<String>,
     request_id: String,
     /// Tokens reserved per rule (prompt + completion limit or estimate).
     amount: u64,
@@ -634,10 +647,19 @@ impl Http {
             headers::state::CACHE_WRITE_TOKENS,
             &u.cache_write_tokens.to_string(),
         );
-        if let Some(p) = &self.price {
+        let micro_usd = self.price.map(|p| {
             let usd = p.cost(u);
-            add(&mut m.cost_micro_usd, model, (usd * 1e6).round() as u64);
             state::set(headers::state::COST_USD, &format!("{usd:.6}"));
+            (usd * 1e6).round() as u64
+        });
+        if let Some(micro) = micro_usd {
+            add(&mut m.cost_micro_usd, model, micro);
+        }
+        if let Some(t) = self.tenant.as_deref() {
+            add(&mut m.tenant_tokens, t, u.total());
+            if let Some(micro) = micro_usd {
+                add(&mut m.tenant_cost_micro_usd, t, micro);
+            }
         }
     }
 }
@@ -659,6 +681,9 @@ impl HttpContext for Http {
         self.provider = Provider::from_path(&path);
         if self.provider.is_none() {
             return Action::Continue;
+        }
+        if let Some(t) = &self.shared.config.tenant_metrics {
+            self.tenant = self.get_http_request_header(&t.header).filter(|v| !v.is_empty());
         }
         if let Some(b) = &self.shared.config.budgets {
             self.identity = self
