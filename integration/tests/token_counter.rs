@@ -228,6 +228,20 @@ async fn the_shipped_envoy_snippet_works() {
         200_000 - prompt - 20,
         "anonymous callers share the per-minute budget"
     );
+    // Embeddings have no completion: they reserve their input only.
+    let r = Client::new()
+        .post_json(
+            &envoy.url("/v1/embeddings"),
+            &[("x-tollgate-subject", "embedder")],
+            &json!({"model": "text-embedding-3-small", "input": ["hello embeddings", "and more"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let prompt: u64 = r.header("x-tollgate-prompt-tokens").unwrap().parse().unwrap();
+    assert_eq!(prompt, r.json()["usage"]["prompt_tokens"].as_u64().unwrap());
+    let left: u64 = r.header("x-tollgate-budget-remaining").unwrap().parse().unwrap();
+    assert_eq!(left, 200_000 - prompt);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,7 +564,13 @@ async fn bad_input_gets_a_clear_answer_and_the_vm_keeps_serving() {
     if let Ok(r) = r {
         assert_eq!(r.status, 200);
     }
-    assert_eq!(stat(&envoy, "invalid_requests"), 4);
+    // A rejected value never reaches the log (nor the reply): it may be prompt text.
+    let r = post(br#"{"model":"gpt-4o","messages":[],"max_tokens":"SECRET-PROMPT-TEXT"}"#.to_vec()).await;
+    assert_eq!(r.status, 400);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("invalid type: string \"…\", expected u64"), "{msg}");
+    assert!(!envoy.log().contains("SECRET-PROMPT-TEXT"), "{}", envoy.log());
+    assert_eq!(stat(&envoy, "invalid_requests"), 5);
     let ok = c
         .post_json(
             &envoy.url(CHAT),

@@ -131,6 +131,36 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// `msg` with the content of every double-quoted string replaced by `…`: parser errors quote the
+/// value they rejected (`invalid type: string "<prompt text>", expected u64`), and error messages
+/// are logged, where prompt text must not appear.
+pub fn redact_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len().min(256));
+    let mut inside = false;
+    let mut escaped = false;
+    for c in msg.chars() {
+        if inside {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                inside = false;
+                out.push_str("…\"");
+            }
+            continue;
+        }
+        out.push(c);
+        if c == '"' {
+            inside = true;
+        }
+    }
+    if inside {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
@@ -167,5 +197,15 @@ mod tests {
         }
         assert_eq!(ApiError::too_large(1024).status(), 413);
         assert!(ApiError::too_large(1024).message.contains("1024"));
+    }
+
+    #[test]
+    fn quoted_values_are_redacted_and_the_rest_kept() {
+        assert_eq!(
+            redact_quoted(r#"invalid type: string "my secret \"prompt\"", expected u64 at line 1 column 9"#),
+            r#"invalid type: string "…", expected u64 at line 1 column 9"#
+        );
+        assert_eq!(redact_quoted("missing field `model`"), "missing field `model`");
+        assert_eq!(redact_quoted(r#"cut "off"#), r#"cut "…"#);
     }
 }

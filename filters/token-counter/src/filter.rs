@@ -7,6 +7,7 @@ use crate::config::{self, Backend, Budgets, Config, FailureMode, MissingIdentity
 use crate::count::{self, Counter};
 use crate::response::{Chunk, Tap};
 use filter_core::api::{Provider, Request, openai};
+use filter_core::error::redact_quoted;
 use filter_core::hash::fnv1a;
 use filter_core::usage::TokenUsage;
 use filter_core::{ApiError, ErrorKind, headers};
@@ -254,16 +255,12 @@ impl Http {
             Ok(r) => r,
             Err(e) => {
                 inc(shared.metrics.borrow().invalid_requests);
-                log!(
-                    Info,
-                    Some(self.id),
-                    "rejected: not a valid request body ({:?} error at line {} column {})",
-                    e.classify(),
-                    e.line(),
-                    e.column()
-                );
+                // The parser quotes values it rejects: keep prompt text out of the reply's log line.
                 return self.reply(
-                    &ApiError::invalid_request("invalid_request_body", format!("invalid request body: {e}")),
+                    &ApiError::invalid_request(
+                        "invalid_request_body",
+                        format!("invalid request body: {}", redact_quoted(&e.to_string())),
+                    ),
                     &[],
                 );
             }
@@ -343,7 +340,11 @@ impl Http {
         let Some(budgets) = &cfg.budgets else {
             return Action::Continue;
         };
-        self.amount = counted + max_out.unwrap_or(cfg.completion_estimate);
+        let completion = match req {
+            Request::Embeddings(_) => 0,
+            _ => max_out.unwrap_or(cfg.completion_estimate),
+        };
+        self.amount = counted + completion;
         let group = entry.and_then(|m| m.group.as_deref());
         let rules: Vec<usize> = budgets
             .rules
@@ -702,8 +703,11 @@ impl HttpContext for Http {
         let Some(provider) = self.provider else {
             return Action::Continue;
         };
-        if self.replied || self.counted.is_some() {
+        if self.replied || !self.pending.is_empty() {
             return Action::Pause;
+        }
+        if self.counted.is_some() {
+            return Action::Continue;
         }
         let limit = self.shared.config.max_body_bytes;
         match body::collect(BufferType::HttpRequestBody, body_size, end_of_stream, limit) {
