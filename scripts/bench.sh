@@ -2,7 +2,8 @@
 # Benchmarks on loopback, release builds. Sections: `sidecar` (gRPC embed latency, throughput, LRU,
 # semantic cache over Redis, RSS); `token-counter` (Envoy with the filter vs bare Envoy in the same
 # run: requests/s and latency for 200 B / 8 KB / 100 KB prompts, start-up, RSS at --concurrency 2,
-# the count cache on a 20-turn conversation; JSON in .cache/bench/token-counter.json).
+# the count cache on a 20-turn conversation; JSON in .cache/bench/token-counter.json);
+# `prompt-templater` (templated requests vs bare Envoy given the rendered messages, same run).
 # Run all: scripts/bench.sh; one: scripts/bench.sh token-counter.
 # Results print as Markdown; they are measurements of this machine, not assertions.
 # TOLLGATE_BENCH_SIDECAR_ARGS adds flags to the benchmarked sidecar (e.g. "--workers 1").
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(sidecar token-counter)
+[ ${#sections[@]} -gt 0 ] || sections=(sidecar token-counter prompt-templater)
 step() { printf '\n\033[1m[bench]\033[0m %s\n' "$*"; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
@@ -44,11 +45,24 @@ bench_sidecar() {
     --redis-addr "127.0.0.1:$redis_sidecar_port"
 }
 
-bench_token_counter() {
+need_wrk() {
   if ! command -v wrk >/dev/null; then
     step "install wrk (HTTP load generator, Debian package)"
     if [ "$(id -u)" -eq 0 ]; then apt-get install -y -q wrk >/dev/null; else sudo apt-get install -y -q wrk >/dev/null; fi
   fi
+}
+
+bench_prompt_templater() {
+  need_wrk
+  step "build: wasm filters and the benchmark driver (release)"
+  cargo wasm -q
+  cargo build -q --release -p integration-tests --bin bench-prompt-templater
+  step "prompt-templater: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  target/release/bench-prompt-templater --seconds "${TOLLGATE_BENCH_SECONDS:-5}" --json "$run/prompt-templater.json"
+}
+
+bench_token_counter() {
+  need_wrk
   step "build: wasm filters and the benchmark driver (release)"
   cargo wasm -q
   cargo build -q --release -p integration-tests --bin bench-token-counter
@@ -60,6 +74,7 @@ for s in "${sections[@]}"; do
   case "$s" in
     sidecar) bench_sidecar ;;
     token-counter) bench_token_counter ;;
-    *) echo "unknown section: $s (known: sidecar, token-counter)" >&2; exit 2 ;;
+    prompt-templater) bench_prompt_templater ;;
+    *) echo "unknown section: $s (known: sidecar, token-counter, prompt-templater)" >&2; exit 2 ;;
   esac
 done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the Tollgate demo in the foreground: installs and builds what is missing, starts the mock
 # LLM upstream, the inference sidecar and Envoy with envoy/envoy.yaml plus the landed filters
-# (envoy/filters/*.yaml: token-counter), prints requests to paste.
+# (envoy/filters/*.yaml: prompt-templater, token-counter), prints requests to paste.
 # Ctrl-C stops everything. Ports: TOLLGATE_PORT (10000), TOLLGATE_ADMIN_PORT (9901),
 # TOLLGATE_UPSTREAM_PORT (8081), TOLLGATE_SIDECAR_PORT (50051), TOLLGATE_SIDECAR_METRICS_PORT (9464).
 set -euo pipefail
@@ -27,7 +27,7 @@ sed -e "s/port_value: 10000\$/port_value: $PORT/" \
     -e "s/port_value: 50051\$/port_value: $SIDECAR_PORT/" envoy/envoy.yaml >"$run/envoy.yaml"
 # The filters that have landed, from their snippets in envoy/filters/, in the chain's order, just
 # before the router.
-python3 - "$run/envoy.yaml" "$PWD" envoy/filters/token-counter.yaml <<'PY'
+python3 - "$run/envoy.yaml" "$PWD" envoy/filters/prompt-templater.yaml envoy/filters/token-counter.yaml <<'PY'
 import sys
 path, root, snippets = sys.argv[1], sys.argv[2], sys.argv[3:]
 router = "                  - name: envoy.filters.http.router\n"
@@ -83,6 +83,15 @@ Try, in another terminal:
   # OpenAI chat completion; token-counter adds x-tollgate-prompt-tokens and the budget left
   curl -si $GW/v1/chat/completions -H 'content-type: application/json' -H 'x-tollgate-subject: alice' \\
     -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello, gateway"}]}'
+
+  # A templated request: the app sends variables, the gateway renders the admin's prompt
+  # (x-mock-echo makes the mock answer with the body it received; the version is in x-tollgate-template)
+  curl -si $GW/v1/chat/completions -H 'content-type: application/json' -H 'x-mock-echo: 1' \\
+    -d '{"model":"gpt-4o-mini","tollgate_template":{"id":"support-answer","variables":{"product":"widgets","question":"How do I reset it?"}}}'
+
+  # A variable that breaks its rule: 400 naming the variable
+  curl -s $GW/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"model":"gpt-4o-mini","tollgate_template":{"id":"support-answer","variables":{"product":"toasters","question":"hi"}}}'
 
   # Prompt + max_tokens over gpt-4o's 128000-token context: 400 before the provider is called
   curl -s $GW/v1/chat/completions -H 'content-type: application/json' \\

@@ -61,6 +61,18 @@ impl<'a> Options<'a> {
         self.filters.push(wasm_filter_yaml(name, wasm, config));
         self
     }
+
+    /// Like [`Self::wasm_filter`], for a filter that holds the request headers until it has read the
+    /// body (`allow_on_headers_stop_iteration: true`, as its shipped snippet sets).
+    pub fn wasm_filter_reading_body(mut self, name: &str, wasm: &str, config: &serde_json::Value) -> Self {
+        let yaml = wasm_filter_yaml(name, wasm, config).replacen(
+            "                      config:\n",
+            "                      config:\n                        allow_on_headers_stop_iteration: true\n",
+            1,
+        );
+        self.filters.push(yaml);
+        self
+    }
 }
 
 /// The wasm filter's file, built by `cargo wasm`.

@@ -1,6 +1,7 @@
 //! Test tooling: the mock LLM upstream, an HTTP client, and a harness that runs the real Envoy on
 //! free loopback ports with a config rendered from `envoy/`.
 
+pub mod bench;
 pub mod client;
 pub mod envoy;
 pub mod mock;

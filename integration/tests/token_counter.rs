@@ -571,6 +571,13 @@ async fn bad_input_gets_a_clear_answer_and_the_vm_keeps_serving() {
     assert!(msg.contains("invalid type: string \"…\", expected u64"), "{msg}");
     assert!(!envoy.log().contains("SECRET-PROMPT-TEXT"), "{}", envoy.log());
     assert_eq!(stat(&envoy, "invalid_requests"), 5);
+    for _ in 0..50 {
+        if stat(&envoy, "streams_cut") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stat(&envoy, "streams_cut"), 1, "the reset stream is counted");
     let ok = c
         .post_json(
             &envoy.url(CHAT),

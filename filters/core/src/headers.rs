@@ -35,6 +35,8 @@ pub mod state {
     pub const ROUTE: &str = "tollgate.route";
     pub const CACHE: &str = "tollgate.cache";
     pub const MODERATION: &str = "tollgate.moderation";
+    /// `id@version` of the prompt template a request was rendered from.
+    pub const TEMPLATE: &str = "tollgate.template";
     /// Set by Envoy's AI Protocol Manager when it runs before us; read the model from it when present.
     pub const ENVOY_AI_MODEL: &str = "envoy.ai.model.request";
 }

@@ -12,10 +12,10 @@
 
 use crate::config::Encoding;
 use filter_core::api::{Request, anthropic, openai};
-use filter_core::hash::Fnv;
 use filter_core::prompt;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::OnceLock;
 use tiktoken_rs::CoreBPE;
 
@@ -56,8 +56,40 @@ pub struct Counter {
     cache: HashMap<u64, u32>,
     order: VecDeque<u64>,
     capacity: usize,
+    seed: RandomState,
     pub hits: u64,
     pub misses: u64,
+}
+
+/// Texts longer than this are counted in pieces: tiktoken's pre-tokenising regex (fancy-regex)
+/// fails on very long runs without a break (e.g. a million `^`), and tiktoken-rs then panics.
+const CHUNK_BYTES: usize = 32 << 10;
+
+/// `bpe.count_ordinary(text)`, in pieces of at most [`CHUNK_BYTES`]. A piece ends just before a
+/// space that follows a letter or digit, where the pre-tokeniser always starts a new token, so the
+/// count is exact for text; a run with no such point for half a piece (adversarial input) is cut at
+/// a character boundary, which can shift the count there by a token or two.
+pub fn count_chunked(bpe: &CoreBPE, text: &str) -> usize {
+    let mut rest = text;
+    let mut n = 0;
+    while rest.len() > CHUNK_BYTES {
+        let window = &rest.as_bytes()[CHUNK_BYTES / 2..CHUNK_BYTES];
+        let cut = window
+            .windows(2)
+            .rposition(|w| w[0].is_ascii_alphanumeric() && w[1] == b' ')
+            .map(|i| CHUNK_BYTES / 2 + i + 1)
+            .unwrap_or_else(|| {
+                let mut i = CHUNK_BYTES;
+                while !rest.is_char_boundary(i) {
+                    i -= 1;
+                }
+                i
+            });
+        let (head, tail) = rest.split_at(cut);
+        n += bpe.count_ordinary(head);
+        rest = tail;
+    }
+    n + bpe.count_ordinary(rest)
 }
 
 impl Counter {
@@ -66,6 +98,7 @@ impl Counter {
             cache: HashMap::with_capacity(capacity.min(4096)),
             order: VecDeque::with_capacity(capacity.min(4096)),
             capacity,
+            seed: RandomState::new(),
             hits: 0,
             misses: 0,
         }
@@ -77,15 +110,17 @@ impl Counter {
             return 0;
         }
         if self.capacity == 0 {
-            return bpe.count_ordinary(text) as u64;
+            return count_chunked(bpe, text) as u64;
         }
-        let key = Fnv::default().write(&[enc as u8]).write(text.as_bytes()).finish();
+        // Keyed by a hash seeded per VM (WASI random), so a client cannot craft a text that
+        // collides with another tenant's and make it count as something else.
+        let key = self.seed.hash_one((enc as u8, text));
         if let Some(&n) = self.cache.get(&key) {
             self.hits += 1;
             return u64::from(n);
         }
         self.misses += 1;
-        let n = bpe.count_ordinary(text);
+        let n = count_chunked(bpe, text);
         if self.order.len() >= self.capacity
             && let Some(old) = self.order.pop_front()
         {
@@ -299,6 +334,29 @@ mod tests {
         }
         assert_eq!(c.cache.len(), 3);
         assert_eq!(c.order.len(), 3);
+    }
+
+    #[test]
+    fn long_texts_count_in_pieces_exactly_and_adversarial_runs_do_not_panic() {
+        let bpe = table(Encoding::O200kBase).unwrap();
+        let words = [
+            "gateway ",
+            "tokens, ",
+            "東京 ",
+            "emoji 🎉 ",
+            "x1 ",
+            "\n\n",
+            "naïve ",
+            "a.b ",
+        ];
+        let text: String = (0..40_000).map(|i| words[i * 7 % words.len()]).collect();
+        assert!(text.len() > 4 * CHUNK_BYTES);
+        assert_eq!(count_chunked(bpe, &text), bpe.count_ordinary(&text));
+        // One run with no break point: tiktoken alone fails on this.
+        let run = "^".repeat(1 << 20);
+        assert!(count_chunked(bpe, &run) > 0);
+        let cjk = "東".repeat(100_000);
+        assert!(count_chunked(bpe, &cjk) > 0);
     }
 
     #[test]

@@ -189,6 +189,7 @@ impl RootContext for Root {
             status: None,
             finished: false,
             replied: false,
+            forwarded: false,
         }))
     }
 
@@ -233,6 +234,8 @@ struct Http {
     status: Option<u32>,
     finished: bool,
     replied: bool,
+    /// The request went on to the upstream (all reservations made).
+    forwarded: bool,
 }
 
 impl Http {
@@ -303,7 +306,7 @@ impl Http {
 
         let max_out = req.max_output_tokens();
         if let Some(limit) = entry.and_then(|m| m.max_context_tokens) {
-            let total = counted + max_out.unwrap_or(0);
+            let total = counted.saturating_add(max_out.unwrap_or(0));
             if total > limit {
                 add(
                     &mut shared.metrics.borrow_mut().context_rejections,
@@ -340,11 +343,14 @@ impl Http {
         let Some(budgets) = &cfg.budgets else {
             return Action::Continue;
         };
-        let completion = match req {
+        let completion = match &req {
             Request::Embeddings(_) => 0,
-            _ => max_out.unwrap_or(cfg.completion_estimate),
+            // Each of `n` choices (`best_of` candidates) may use the whole completion budget.
+            _ => max_out
+                .unwrap_or(cfg.completion_estimate)
+                .saturating_mul(choices(&req)),
         };
-        self.amount = counted + completion;
+        self.amount = counted.saturating_add(completion);
         let group = entry.and_then(|m| m.group.as_deref());
         let rules: Vec<usize> = budgets
             .rules
@@ -444,6 +450,7 @@ impl Http {
             }
         }
         self.remaining = (remaining != u64::MAX).then_some(remaining);
+        self.forwarded = true;
         Action::Continue
     }
 
@@ -472,6 +479,12 @@ impl Http {
             match sidecar.reserve(&req) {
                 Ok(token) => {
                     self.pending.insert(token, i);
+                    // Held from the moment it is sent: whatever happens next (a denial on another
+                    // rule, a 503, the client leaving) releases it; an id the sidecar never
+                    // reserved settles as `UNKNOWN`, harmlessly.
+                    self.held.push(Held::Sidecar {
+                        request_id: req.request_id.clone(),
+                    });
                 }
                 Err(e) => {
                     inc(self.shared.metrics.borrow().budget_errors);
@@ -483,6 +496,7 @@ impl Http {
             }
         }
         if self.pending.is_empty() {
+            self.forwarded = true;
             Action::Continue
         } else {
             Action::Pause
@@ -502,9 +516,6 @@ impl Http {
         };
         match reply::<v1::ReserveResponse>(status_code, size) {
             Ok(r) if r.allowed => {
-                self.held.push(Held::Sidecar {
-                    request_id: format!("{}/{}", self.request_id, rule.name),
-                });
                 let left = rule.tokens.saturating_sub(r.used);
                 self.remaining = Some(self.remaining.map_or(left, |x| x.min(left)));
             }
@@ -531,6 +542,7 @@ impl Http {
         if self.denied.is_some() {
             let _ = self.reject_budget();
         } else {
+            self.forwarded = true;
             self.resume_http_request();
         }
     }
@@ -665,6 +677,21 @@ impl Http {
     }
 }
 
+/// Completions the provider generates for `req`: `n` choices, or `best_of` candidates.
+fn choices(req: &Request) -> u64 {
+    let extra = match req {
+        Request::Chat(r) => &r.extra,
+        Request::Completions(r) => &r.extra,
+        _ => return 1,
+    };
+    ["n", "best_of"]
+        .iter()
+        .filter_map(|k| extra.get(*k).and_then(serde_json::Value::as_u64))
+        .max()
+        .unwrap_or(1)
+        .clamp(1, 128)
+}
+
 impl Context for Http {
     fn on_grpc_call_response(&mut self, token: u32, status_code: u32, size: usize) {
         self.on_reserved(token, status_code, size);
@@ -713,7 +740,13 @@ impl HttpContext for Http {
         match body::collect(BufferType::HttpRequestBody, body_size, end_of_stream, limit) {
             Body::Wait(a) => a,
             Body::TooLarge(e) => self.reply(&e, &[]),
-            Body::Complete(b) => self.on_request(provider, b),
+            Body::Complete(b) => {
+                let action = self.on_request(provider, b);
+                if action == Action::Continue {
+                    self.forwarded = true;
+                }
+                action
+            }
         }
     }
 
@@ -775,21 +808,49 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
-        if self.finished || self.held.is_empty() {
+        // A local reply of ours released its reservations already.
+        if self.finished || self.provider.is_none() || self.replied {
+            return;
+        }
+        self.finished = true;
+        if !self.forwarded {
+            // Ended while reservations were being made: the provider never saw it.
+            self.release_all();
             return;
         }
         // The stream ended early (client gone, upstream reset). An error status means the provider
-        // billed nothing; otherwise it may have, so the reservation stands.
+        // billed nothing. OpenAI's usage chunk is final, so with it the charge is exact; otherwise
+        // the provider may have billed, and the reservation stands.
         inc(self.shared.metrics.borrow().aborted);
-        match self.status {
-            Some(s) if !(200..300).contains(&s) => self.release_all(),
-            _ => {
-                if let Some(u) = self.tap.as_ref().and_then(Tap::usage) {
-                    self.report(&u);
-                }
+        if self.tap.is_some() && self.status.is_some_and(|s| (200..300).contains(&s)) {
+            inc(self.shared.metrics.borrow().streams_cut);
+        }
+        let usage = self.tap.as_ref().and_then(Tap::usage);
+        match (self.status, usage) {
+            (Some(s), _) if !(200..300).contains(&s) => self.release_all(),
+            (_, Some(u)) if self.provider.is_some_and(Provider::is_openai) => {
+                self.report(&u);
+                self.settle(u.total());
+            }
+            (_, Some(u)) => {
+                self.report(&u);
                 self.held.clear();
             }
+            (_, None) => self.held.clear(),
         }
-        self.finished = true;
+    }
+
+    fn on_http_request_trailers(&mut self, _n: usize) -> Action {
+        if self.provider.is_none() || self.counted.is_some() || self.replied {
+            return Action::Continue;
+        }
+        // The body ended without end_of_stream (trailers follow): counting would be skipped.
+        self.reply(
+            &ApiError::invalid_request(
+                "trailers_not_supported",
+                "request trailers are not supported on LLM API requests",
+            ),
+            &[],
+        )
     }
 }

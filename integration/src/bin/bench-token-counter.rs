@@ -10,8 +10,8 @@
 
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
+use tollgate_it::bench::{prose, rss_mb, wrk};
 use tollgate_it::client::Client;
 use tollgate_it::envoy::{Envoy, Options, default_ports};
 use tollgate_it::mock::MockLlm;
@@ -62,108 +62,8 @@ fn start(mock: &MockLlm, filter: Option<&Value>, concurrency: u32) -> Result<(En
     Ok((envoy, t.elapsed()))
 }
 
-/// Prose of about `bytes` bytes (varied words, as prompts are; a repeated character would make
-/// BPE unrealistically cheap).
-fn prose(bytes: usize, seed: u64) -> String {
-    const WORDS: [&str; 24] = [
-        "gateway", "tokens", "budget", "latency", "stream", "provider", "request", "model", "context",
-        "window", "cache", "route", "tenant", "policy", "usage", "the", "of", "and", "with", "for",
-        "measured", "Envoy", "filter", "response",
-    ];
-    let mut s = String::with_capacity(bytes + 16);
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    while s.len() < bytes {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
-        s.push(if x.is_multiple_of(11) { '.' } else { ' ' });
-    }
-    s.truncate(bytes);
-    s
-}
-
 fn chat_body(content: &str) -> Value {
     json!({"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": content}]})
-}
-
-struct Load {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-/// Runs wrk against `url` with `body` as a POST.
-fn wrk(
-    url: &str,
-    body: &Value,
-    seconds: u64,
-    connections: u32,
-    dir: &std::path::Path,
-) -> Result<Load, Error> {
-    let body_path = dir.join("body.json");
-    std::fs::write(&body_path, serde_json::to_vec(body)?)?;
-    let script = dir.join("post.lua");
-    std::fs::write(
-        &script,
-        format!(
-            "local f = io.open({:?}, 'rb')\nwrk.method = 'POST'\nwrk.body = f:read('*a')\nf:close()\nwrk.headers['content-type'] = 'application/json'\n",
-            body_path.display().to_string()
-        ),
-    )?;
-    let out = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            "-s",
-        ])
-        .arg(&script)
-        .arg(url)
-        .output()
-        .map_err(|e| format!("wrk: {e} (scripts/bench.sh installs it)"))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        return Err(format!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    let find = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
-    };
-    let ms = |v: String| -> f64 {
-        let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
-        let n: f64 = num.parse().unwrap_or(f64::NAN);
-        match unit {
-            "us" => n / 1000.0,
-            "ms" => n,
-            "s" => n * 1000.0,
-            _ => f64::NAN,
-        }
-    };
-    let errors = find("Non-2xx or 3xx responses:")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Ok(Load {
-        rps: find("Requests/sec:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN),
-        p50_ms: find("50%").map_or(f64::NAN, ms),
-        p99_ms: find("99%").map_or(f64::NAN, ms),
-        errors,
-    })
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 async fn timed_post(c: &Client, url: &str, body: &Value) -> Result<Duration, Error> {

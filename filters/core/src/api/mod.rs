@@ -28,7 +28,8 @@ pub enum Provider {
 
 impl Provider {
     /// Detects the API from a request path (`:path`, query string allowed). Prefixes such as
-    /// `/openai/v1/chat/completions` match too, since gateways often mount providers under a prefix.
+    /// `/openai/v1/chat/completions` match too, since gateways often mount providers under a prefix;
+    /// Anthropic's must end in `/v1/messages`.
     pub fn from_path(path: &str) -> Option<Self> {
         let path = path
             .split_once('?')
@@ -40,7 +41,8 @@ impl Provider {
             Some(Self::OpenAiCompletions)
         } else if path.ends_with("/embeddings") {
             Some(Self::OpenAiEmbeddings)
-        } else if path.ends_with("/messages") {
+        } else if path.ends_with("/v1/messages") {
+            // Only Anthropic's endpoint: OpenAI's Assistants API has `/v1/threads/{id}/messages`.
             Some(Self::Anthropic)
         } else {
             None
@@ -136,6 +138,9 @@ mod tests {
             ("/v1/completions", Some(Provider::OpenAiCompletions)),
             ("/v1/embeddings", Some(Provider::OpenAiEmbeddings)),
             ("/v1/messages", Some(Provider::Anthropic)),
+            ("/anthropic/v1/messages", Some(Provider::Anthropic)),
+            ("/v1/threads/thread_abc/messages", None),
+            ("/v1/messages/count_tokens", None),
             ("/v1/models", None),
             ("/", None),
         ];

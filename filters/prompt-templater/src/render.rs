@@ -1,0 +1,412 @@
+//! Applying a template and the route's decorators to a request body, keeping every other field.
+//!
+//! Order of the messages the model reads: prepend decorators (in config order), the template's
+//! messages, the client's own messages, append decorators (in config order). For Anthropic, system
+//! messages go to the top-level `system` in that same order, around the client's own system prompt.
+
+use crate::config::{Decorator, Position};
+use crate::template::{Library, Template, VariableError};
+use filter_core::{ApiError, ErrorKind, Provider};
+use serde_json::{Map, Value, json};
+
+/// The body field a client selects a template with; removed before the upstream sees the body.
+pub const FIELD: &str = "tollgate_template";
+
+/// A client's choice of template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ask {
+    pub id: String,
+    pub version: Option<String>,
+    pub variables: Option<Map<String, Value>>,
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::InvalidRequest, code, message)
+}
+
+/// Takes the template choice out of `body` (the `tollgate_template` field), else from the select
+/// header's value (`id` or `id@version`).
+pub fn take_ask(body: &mut Map<String, Value>, header: Option<&str>) -> Result<Option<Ask>, ApiError> {
+    if let Some(v) = body.remove(FIELD) {
+        let Value::Object(mut o) = v else {
+            return Err(bad(
+                "invalid_template_request",
+                format!("`{FIELD}` must be an object"),
+            ));
+        };
+        let id = match o.remove("id") {
+            Some(Value::String(s)) => s,
+            _ => {
+                return Err(bad(
+                    "invalid_template_request",
+                    format!("`{FIELD}.id` must be a string"),
+                ));
+            }
+        };
+        let version = match o.remove("version") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => {
+                return Err(bad(
+                    "invalid_template_request",
+                    format!("`{FIELD}.version` must be a string"),
+                ));
+            }
+        };
+        let variables = match o.remove("variables") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(m)) => Some(m),
+            Some(_) => {
+                return Err(bad(
+                    "invalid_template_request",
+                    format!("`{FIELD}.variables` must be an object"),
+                ));
+            }
+        };
+        if let Some(k) = o.keys().next() {
+            return Err(bad(
+                "invalid_template_request",
+                format!("unknown field `{FIELD}.{k}`"),
+            ));
+        }
+        return Ok(Some(Ask {
+            id,
+            version,
+            variables,
+        }));
+    }
+    Ok(header
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| match h.split_once('@') {
+            Some((id, v)) => Ask {
+                id: id.to_owned(),
+                version: Some(v.to_owned()),
+                variables: None,
+            },
+            None => Ask {
+                id: h.to_owned(),
+                version: None,
+                variables: None,
+            },
+        }))
+}
+
+/// A template resolved for one request: which version, and the checked values.
+#[derive(Debug)]
+pub struct Rendered<'a> {
+    pub template: &'a Template,
+    pub version: usize,
+    pub values: Vec<String>,
+}
+
+impl Rendered<'_> {
+    pub fn version_name(&self) -> &str {
+        self.template
+            .versions
+            .get(self.version)
+            .map_or("", |v| v.name.as_str())
+    }
+}
+
+/// Why a template could not be rendered, for the reply and the metrics.
+#[derive(Debug)]
+pub enum RenderError {
+    UnknownTemplate(String),
+    UnknownVersion { template: String, version: String },
+    Variable(VariableError),
+}
+
+impl RenderError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownTemplate(_) => "unknown_template",
+            Self::UnknownVersion { .. } => "unknown_version",
+            Self::Variable(_) => "invalid_variable",
+        }
+    }
+
+    pub fn to_api(&self) -> ApiError {
+        match self {
+            Self::UnknownTemplate(id) => bad("unknown_template", format!("unknown template `{id}`")),
+            Self::UnknownVersion { template, version } => bad(
+                "unknown_version",
+                format!("template `{template}` has no version `{version}`"),
+            ),
+            Self::Variable(e) => bad("invalid_variable", e.message.clone()),
+        }
+    }
+}
+
+/// Resolves `ask` against the library; `sticky` picks the A/B version when none is asked for.
+pub fn resolve<'a>(lib: &'a Library, ask: &Ask, sticky: u64) -> Result<Rendered<'a>, RenderError> {
+    let template = lib
+        .templates
+        .get(&ask.id)
+        .ok_or_else(|| RenderError::UnknownTemplate(ask.id.clone()))?;
+    let version = match &ask.version {
+        Some(v) => template.version(v).ok_or_else(|| RenderError::UnknownVersion {
+            template: ask.id.clone(),
+            version: v.clone(),
+        })?,
+        None => template.pick(sticky),
+    };
+    let values = template
+        .values(ask.variables.as_ref())
+        .map_err(RenderError::Variable)?;
+    Ok(Rendered {
+        template,
+        version,
+        values,
+    })
+}
+
+/// Rewrites `body` with the rendered template (if any) and the decorators that apply.
+pub fn apply(
+    body: &mut Map<String, Value>,
+    provider: Provider,
+    rendered: Option<&Rendered<'_>>,
+    decorators: &[&Decorator],
+) -> Result<(), ApiError> {
+    let mut template_msgs: Vec<(&str, String)> = Vec::new();
+    if let Some(r) = rendered
+        && let Some(v) = r.template.versions.get(r.version)
+    {
+        template_msgs = v
+            .messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.render(&r.values)))
+            .collect();
+    }
+    let at = |pos: Position| {
+        decorators
+            .iter()
+            .filter(move |d| d.position == pos)
+            .map(|d| (d.role.as_str(), d.content.clone()))
+    };
+    let before: Vec<(&str, String)> = at(Position::Prepend).chain(template_msgs).collect();
+    let after: Vec<(&str, String)> = at(Position::Append).collect();
+    match provider {
+        Provider::OpenAiChat => {
+            let client = take_messages(body)?;
+            let mut msgs: Vec<Value> = Vec::with_capacity(before.len() + client.len() + after.len());
+            msgs.extend(
+                before
+                    .into_iter()
+                    .map(|(role, text)| json!({"role": role, "content": text})),
+            );
+            msgs.extend(client);
+            msgs.extend(
+                after
+                    .into_iter()
+                    .map(|(role, text)| json!({"role": role, "content": text})),
+            );
+            body.insert("messages".to_owned(), Value::Array(msgs));
+        }
+        Provider::Anthropic => {
+            let client = take_messages(body)?;
+            let split = |list: Vec<(&str, String)>| -> (Vec<String>, Vec<Value>) {
+                let mut system = Vec::new();
+                let mut msgs = Vec::new();
+                for (role, text) in list {
+                    if role == "system" {
+                        system.push(text);
+                    } else {
+                        msgs.push(json!({"role": role, "content": text}));
+                    }
+                }
+                (system, msgs)
+            };
+            let (sys_before, msgs_before) = split(before);
+            let (sys_after, msgs_after) = split(after);
+            wrap_system(body, &sys_before, &sys_after)?;
+            let mut msgs = msgs_before;
+            msgs.extend(client);
+            msgs.extend(msgs_after);
+            body.insert("messages".to_owned(), Value::Array(msgs));
+        }
+        _ => {
+            return Err(bad(
+                "template_not_supported",
+                "templates and decorators apply to chat completions and messages requests",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn take_messages(body: &mut Map<String, Value>) -> Result<Vec<Value>, ApiError> {
+    match body.get_mut("messages").map(Value::take) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => Ok(a),
+        Some(_) => Err(bad("invalid_request_body", "`messages` must be an array")),
+    }
+}
+
+/// Anthropic's top-level `system`: `before` goes ahead of the client's own system prompt, `after`
+/// behind it; a string stays a string, content blocks stay blocks.
+fn wrap_system(body: &mut Map<String, Value>, before: &[String], after: &[String]) -> Result<(), ApiError> {
+    if before.is_empty() && after.is_empty() {
+        return Ok(());
+    }
+    let join = |parts: &[String]| parts.join("\n\n");
+    let system = match body.remove("system") {
+        None | Some(Value::Null) => {
+            let parts: Vec<String> = before.iter().chain(after).cloned().collect();
+            Value::String(join(&parts))
+        }
+        Some(Value::String(s)) => {
+            let mut parts: Vec<String> = before.to_vec();
+            parts.push(s);
+            parts.extend_from_slice(after);
+            Value::String(join(&parts))
+        }
+        Some(Value::Array(mut blocks)) => {
+            if !before.is_empty() {
+                blocks.insert(0, json!({"type": "text", "text": join(before)}));
+            }
+            if !after.is_empty() {
+                blocks.push(json!({"type": "text", "text": join(after)}));
+            }
+            Value::Array(blocks)
+        }
+        Some(_) => {
+            return Err(bad(
+                "invalid_request_body",
+                "`system` must be a string or an array",
+            ));
+        }
+    };
+    body.insert("system".to_owned(), system);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::config::{RawConfig, compile};
+
+    fn lib() -> crate::config::Config {
+        let raw: RawConfig = filter_core::config::parse(
+            br#"{"templates":[{"id":"greet","variables":{"name":{"required":true,"max_length":40}},
+                 "versions":{"v1":{"messages":[{"role":"system","content":"Greet politely."},
+                                               {"role":"user","content":"Say hello to {{name}}."}]}}}],
+                 "decorators":[{"position":"prepend","role":"system","content":"Policy A."},
+                               {"position":"append","role":"user","content":"Answer in English."},
+                               {"position":"prepend","role":"system","content":"Policy B."}]}"#,
+        )
+        .unwrap();
+        compile(raw).unwrap()
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn openai_messages_in_the_defined_order_and_other_fields_kept() {
+        let c = lib();
+        let mut body = obj(json!({"model": "gpt-4o", "temperature": 0.2,
+            "tollgate_template": {"id": "greet", "variables": {"name": "Ada"}},
+            "messages": [{"role": "user", "content": "and also hi", "name": "u1"}]}));
+        let ask = take_ask(&mut body, None).unwrap().unwrap();
+        let r = resolve(&c.library, &ask, 0).unwrap();
+        let decos: Vec<&Decorator> = c.decorators.iter().collect();
+        apply(&mut body, Provider::OpenAiChat, Some(&r), &decos).unwrap();
+        assert_eq!(
+            Value::Object(body),
+            json!({"model": "gpt-4o", "temperature": 0.2, "messages": [
+                {"role": "system", "content": "Policy A."},
+                {"role": "system", "content": "Policy B."},
+                {"role": "system", "content": "Greet politely."},
+                {"role": "user", "content": "Say hello to Ada."},
+                {"role": "user", "content": "and also hi", "name": "u1"},
+                {"role": "user", "content": "Answer in English."}]})
+        );
+    }
+
+    #[test]
+    fn anthropic_system_messages_wrap_the_clients_system_prompt() {
+        let c = lib();
+        let decos: Vec<&Decorator> = c.decorators.iter().collect();
+        let ask = Ask {
+            id: "greet".into(),
+            version: None,
+            variables: Some(obj(json!({"name": "Bo"}))),
+        };
+        let r = resolve(&c.library, &ask, 0).unwrap();
+        let mut body = obj(json!({"model": "claude", "max_tokens": 10, "system": "Client system."}));
+        apply(&mut body, Provider::Anthropic, Some(&r), &decos).unwrap();
+        assert_eq!(
+            body["system"],
+            "Policy A.\n\nPolicy B.\n\nGreet politely.\n\nClient system."
+        );
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "user", "content": "Say hello to Bo."}, {"role": "user", "content": "Answer in English."}])
+        );
+        let mut blocks = obj(json!({"model": "claude", "max_tokens": 10,
+            "system": [{"type": "text", "text": "Client.", "cache_control": {"type": "ephemeral"}}], "messages": []}));
+        apply(&mut blocks, Provider::Anthropic, None, &decos[..1]).unwrap();
+        assert_eq!(
+            blocks["system"],
+            json!([{"type": "text", "text": "Policy A."}, {"type": "text", "text": "Client.", "cache_control": {"type": "ephemeral"}}])
+        );
+    }
+
+    #[test]
+    fn the_header_selects_when_the_body_does_not() {
+        let mut body = obj(json!({"messages": []}));
+        let ask = take_ask(&mut body, Some("greet@v1")).unwrap().unwrap();
+        assert_eq!((ask.id.as_str(), ask.version.as_deref()), ("greet", Some("v1")));
+        assert_eq!(take_ask(&mut body, None).unwrap(), None);
+        let mut body = obj(json!({"tollgate_template": {"id": "a"}}));
+        assert_eq!(take_ask(&mut body, Some("b")).unwrap().unwrap().id, "a");
+    }
+
+    #[test]
+    fn malformed_choices_and_unknown_names_are_400s() {
+        let c = lib();
+        for v in [
+            json!(1),
+            json!({"id": 3}),
+            json!({"id": "x", "variables": []}),
+            json!({"id": "x", "extra": 1}),
+        ] {
+            let mut body = obj(json!({"tollgate_template": v}));
+            assert_eq!(take_ask(&mut body, None).unwrap_err().status(), 400);
+        }
+        let ask = |id: &str, v: Option<&str>| Ask {
+            id: id.into(),
+            version: v.map(Into::into),
+            variables: Some(obj(json!({"name": "x"}))),
+        };
+        let e = resolve(&c.library, &ask("nope", None), 0).unwrap_err();
+        assert_eq!(
+            (e.reason(), e.to_api().message),
+            ("unknown_template", "unknown template `nope`".to_owned())
+        );
+        let e = resolve(&c.library, &ask("greet", Some("v9")), 0).unwrap_err();
+        assert_eq!(e.to_api().message, "template `greet` has no version `v9`");
+        let mut a = ask("greet", None);
+        a.variables = Some(obj(json!({"nam": "x"})));
+        assert_eq!(
+            resolve(&c.library, &a, 0).unwrap_err().to_api().message,
+            "template `greet` has no variable `nam`"
+        );
+        let mut body = obj(json!({"model": "m", "prompt": "p"}));
+        assert_eq!(
+            apply(&mut body, Provider::OpenAiCompletions, None, &[])
+                .unwrap_err()
+                .code,
+            "template_not_supported"
+        );
+    }
+}

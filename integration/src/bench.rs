@@ -1,0 +1,107 @@
+//! Helpers for the benchmark drivers (`src/bin/bench-*.rs`, run by `scripts/bench.sh`): load with
+//! `wrk`, process RSS, prompt text.
+
+use serde_json::Value;
+use std::process::Command;
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Prose of about `bytes` bytes (varied words, as prompts are; a repeated character would make
+/// BPE unrealistically cheap).
+pub fn prose(bytes: usize, seed: u64) -> String {
+    const WORDS: [&str; 24] = [
+        "gateway", "tokens", "budget", "latency", "stream", "provider", "request", "model", "context",
+        "window", "cache", "route", "tenant", "policy", "usage", "the", "of", "and", "with", "for",
+        "measured", "Envoy", "filter", "response",
+    ];
+    let mut s = String::with_capacity(bytes + 16);
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while s.len() < bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
+        s.push(if x.is_multiple_of(11) { '.' } else { ' ' });
+    }
+    s.truncate(bytes);
+    s
+}
+
+pub struct Load {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+/// Runs wrk against `url` with `body` as a POST.
+pub fn wrk(
+    url: &str,
+    body: &Value,
+    seconds: u64,
+    connections: u32,
+    dir: &std::path::Path,
+) -> Result<Load, Error> {
+    let body_path = dir.join("body.json");
+    std::fs::write(&body_path, serde_json::to_vec(body)?)?;
+    let script = dir.join("post.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "local f = io.open({:?}, 'rb')\nwrk.method = 'POST'\nwrk.body = f:read('*a')\nf:close()\nwrk.headers['content-type'] = 'application/json'\n",
+            body_path.display().to_string()
+        ),
+    )?;
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .map_err(|e| format!("wrk: {e} (scripts/bench.sh installs it)"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let find = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
+    };
+    let ms = |v: String| -> f64 {
+        let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+        let n: f64 = num.parse().unwrap_or(f64::NAN);
+        match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            _ => f64::NAN,
+        }
+    };
+    let errors = find("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Load {
+        rps: find("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN),
+        p50_ms: find("50%").map_or(f64::NAN, ms),
+        p99_ms: find("99%").map_or(f64::NAN, ms),
+        errors,
+    })
+}
+
+pub fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
