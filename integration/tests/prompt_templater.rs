@@ -122,6 +122,17 @@ async fn openai_requests_are_rendered_exactly_streaming_included() {
         );
     }
     assert_eq!(stat(&envoy, "renders.template.support.version.v1"), 2);
+    // The version is in the access log (filter state `tollgate.template`).
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = envoy.access_log();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|l| l["template"] == "support@v1"), "{lines:?}");
     // Template and version are Prometheus labels (stats_tags in envoy.yaml).
     let prom = c.get(&envoy.admin_url("/stats/prometheus")).await.unwrap().text();
     let line = prom
