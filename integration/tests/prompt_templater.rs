@@ -163,7 +163,8 @@ async fn anthropic_requests_get_system_and_messages_and_no_chat_decorators() {
         assert_eq!(
             echoed(&r),
             json!({"model": "claude-sonnet-4-5", "max_tokens": 4096, "stream": stream,
-                   "system": "Expert on gadgets, calm tone.\n\nClient system.",
+                   "system": [{"type": "text", "text": "Expert on gadgets, calm tone."},
+                              {"type": "text", "text": "Client system."}],
                    "messages": [{"role": "user", "content": "Q: Is it waterproof?"}]}),
             "stream={stream}"
         );
@@ -367,6 +368,78 @@ async fn bad_input_is_a_400_naming_what_is_wrong() {
     let r = c.post_json(&envoy.url(CHAT), &[ECHO], &plain).await.unwrap();
     assert_eq!(echoed(&r), plain);
     assert!(r.header("x-tollgate-template").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_selects_escaped_names_are_seen_and_odd_paths_still_get_decorators() {
+    let mock = MockLlm::start().unwrap();
+    let envoy = envoy(&mock, &library(), 1).unwrap();
+    let c = Client::new();
+    // The header names the template, the body carries the variables; the header goes no further.
+    let req = json!({"model": "gpt-4o-mini",
+                     "tollgate_template": {"variables": {"product": "gadgets", "question": "Why?"}}});
+    let r = c
+        .post_json(
+            &envoy.url(CHAT),
+            &[ECHO, ("x-tollgate-use-template", "support@v2")],
+            &req,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-tollgate-template"), Some("support@v2"));
+    assert_eq!(
+        echoed(&r)["messages"][2],
+        json!({"role": "user", "content": "Q: Why?"})
+    );
+    assert_eq!(
+        mock.journal.last().unwrap().header("x-tollgate-use-template"),
+        None
+    );
+
+    // A field name spelled with a JSON escape is the same field.
+    let escaped =
+        r#"{"model":"gpt-4o-mini","tollgate\u005ftemplate":{"id":"plain","variables":{"text":"hi"}}}"#;
+    let r = c
+        .request(
+            "POST",
+            &envoy.url("/v1/embeddings"),
+            &[("content-type", "application/json")],
+            escaped,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "not passed on unrendered: {}", r.text());
+    assert_eq!(r.json()["error"]["code"], "template_not_supported");
+
+    // Envoy normalises the path before the filters see it: `//` cannot dodge a decorator.
+    let plain = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]});
+    let r = c
+        .post_json(&envoy.url("/v1//chat/./completions"), &[ECHO], &plain)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        echoed(&r)["messages"][0],
+        json!({"role": "system", "content": "Policy first."})
+    );
+
+    // Client-chosen names in errors are cut short and cannot break a log line.
+    let id = format!("evil\nFAKE LOG LINE {}", "x".repeat(500));
+    let r = c
+        .post_json(
+            &envoy.url(CHAT),
+            &[],
+            &json!({"model": "m", "tollgate_template": {"id": id}}),
+        )
+        .await
+        .unwrap();
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        msg.starts_with("unknown template `evil?FAKE LOG LINE x") && msg.len() < 120,
+        "{msg}"
+    );
+    assert!(!envoy.log().contains("\nFAKE LOG LINE"));
 }
 
 #[test]

@@ -228,6 +228,23 @@ async fn the_shipped_envoy_snippet_works() {
         200_000 - prompt - 20,
         "anonymous callers share the per-minute budget"
     );
+    // Each of `n` choices may use max_tokens: all of them are reserved.
+    let mut three = chat_req("three choices please", 20);
+    three["n"] = json!(3);
+    let r = Client::new()
+        .post_json(&envoy.url(CHAT), &[("x-tollgate-subject", "chooser")], &three)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let prompt: u64 = r.header("x-tollgate-prompt-tokens").unwrap().parse().unwrap();
+    let left: u64 = r.header("x-tollgate-budget-remaining").unwrap().parse().unwrap();
+    assert_eq!(left, 200_000 - prompt - 3 * 20);
+    three["n"] = json!("8");
+    let r = Client::new()
+        .post_json(&envoy.url(CHAT), &[("x-tollgate-subject", "chooser")], &three)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "a string `n` cannot dodge the reservation");
     // Embeddings have no completion: they reserve their input only.
     let r = Client::new()
         .post_json(

@@ -74,6 +74,22 @@ async fn two_sidecars_share_budgets_and_settle_once() {
         .into_inner();
     assert!(r.allowed);
     assert_eq!(r.used, 1000);
+    // A release that overtakes its reserve leaves a tombstone: the late reserve charges nothing.
+    let s = ba
+        .settle(SettleRequest {
+            request_id: "late".into(),
+            actual_tokens: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.outcome(), SettleOutcome::Unknown);
+    let r = bb
+        .reserve(reserve("late", "tenant:other", 10, 1000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.allowed && r.duplicate, "{r:?}");
     a.stop();
     b.stop();
 }

@@ -23,11 +23,14 @@ pub struct TokenUsage {
 impl TokenUsage {
     /// All input tokens, whatever their rate.
     pub fn total_input(&self) -> u64 {
-        self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+        // Saturating: the numbers come from the upstream, and a wrapped sum would undercharge.
+        self.input_tokens
+            .saturating_add(self.cache_read_tokens)
+            .saturating_add(self.cache_write_tokens)
     }
 
     pub fn total(&self) -> u64 {
-        self.total_input() + self.output_tokens
+        self.total_input().saturating_add(self.output_tokens)
     }
 
     pub fn from_openai(u: &openai::Usage) -> Self {

@@ -160,6 +160,18 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             return Err(ConfigError::field(field, "must be a lower-case HTTP header name"));
         }
     }
+    if raw.select_header == filter_core::headers::TEMPLATE {
+        return Err(ConfigError::field(
+            "select_header",
+            "x-tollgate-template is the header this filter sets (client copies are removed)",
+        ));
+    }
+    if raw.select_header == raw.identity_header {
+        return Err(ConfigError::field(
+            "select_header",
+            "must differ from identity_header",
+        ));
+    }
     let mut library = Library::default();
     for (i, t) in raw.templates.into_iter().enumerate() {
         let path = format!("templates[{i}]");
@@ -167,6 +179,12 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             return Err(ConfigError::field(
                 format!("{path}.id"),
                 "must be 1-64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if t.id == "none" {
+            return Err(ConfigError::field(
+                format!("{path}.id"),
+                "`none` is reserved (errors for unknown template ids are counted under it)",
             ));
         }
         if library.templates.contains_key(&t.id) {
@@ -184,6 +202,12 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             return Err(ConfigError::field(
                 format!("decorators[{i}].role"),
                 "must be system, user or assistant",
+            ));
+        }
+        if d.content.contains("{{") {
+            return Err(ConfigError::field(
+                format!("decorators[{i}].content"),
+                "decorators are literal text: `{{` is not allowed (use a template for variables)",
             ));
         }
         if !d.path_prefix.starts_with('/') {
@@ -440,6 +464,16 @@ mod tests {
                 "decorators[0].role",
             ),
             (r#"{"select_header":"X-Template"}"#, "select_header"),
+            (r#"{"select_header":"x-tollgate-template"}"#, "select_header"),
+            (r#"{"select_header":"x-tollgate-subject"}"#, "select_header"),
+            (
+                r#"{"decorators":[{"position":"append","role":"user","content":"{{x}}"}]}"#,
+                "decorators[0].content",
+            ),
+            (
+                r#"{"templates":[{"id":"none","versions":{"v":{"messages":[{"role":"user","content":"x"}]}}}]}"#,
+                "templates[0].id",
+            ),
         ];
         for (json, path) in cases {
             let err = load(json).unwrap_err();

@@ -143,7 +143,12 @@ impl Http {
         };
         // Most requests name no template: don't parse what will not change.
         let field = format!("\"{}\"", render::FIELD);
-        if self.select.is_none() && decorators.is_empty() && !contains(bytes, field.as_bytes()) {
+        // (`\u` escapes could spell the field name; such bodies are parsed.)
+        if self.select.is_none()
+            && decorators.is_empty()
+            && !contains(bytes, field.as_bytes())
+            && !contains(bytes, b"\\u")
+        {
             return Action::Continue;
         }
         let mut body: Map<String, Value> = match serde_json::from_slice(bytes) {
@@ -245,7 +250,18 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
         // Only this filter says which template version a request got.
         self.set_http_request_header(headers::TEMPLATE, None);
-        if end_of_stream || self.get_http_request_header(":method").as_deref() != Some("POST") {
+        if self.get_http_request_header(":method").as_deref() != Some("POST") {
+            return Action::Continue;
+        }
+        if end_of_stream {
+            // Without a body there is nothing to render into.
+            let select_header = self.shared.config.select_header.clone();
+            if self.get_http_request_header(&select_header).is_some() {
+                return self.reply(&ApiError::invalid_request(
+                    "invalid_request_body",
+                    "a templated request needs a JSON body",
+                ));
+            }
             return Action::Continue;
         }
         self.path = self.get_http_request_header(":path").unwrap_or_default();
@@ -255,9 +271,16 @@ impl HttpContext for Http {
         }
         let cfg = &self.shared.config;
         let (select_header, identity_header) = (cfg.select_header.clone(), cfg.identity_header.clone());
-        self.select = self.get_http_request_header(&select_header);
+        self.select = self
+            .get_http_request_header(&select_header)
+            .filter(|v| !v.trim().is_empty());
+        if self.select.is_some() {
+            // Read; the provider has no use for it.
+            self.set_http_request_header(&select_header, None);
+        }
         self.sticky_key = self
             .get_http_request_header(&identity_header)
+            .filter(|v| !v.is_empty())
             .or_else(|| self.get_http_request_header("x-request-id"));
         // Wait for the body (needs allow_on_headers_stop_iteration: true in the Envoy config).
         Action::Pause

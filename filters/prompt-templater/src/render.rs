@@ -24,72 +24,101 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::InvalidRequest, code, message)
 }
 
-/// Takes the template choice out of `body` (the `tollgate_template` field), else from the select
-/// header's value (`id` or `id@version`).
+/// Client-chosen text shown in an error: at most 64 characters, control characters replaced, so a
+/// reply (and its log line) cannot be flooded or forge log lines.
+pub fn shown(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().nth(64).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Splits a select-header value `id` or `id@version`.
+fn from_header(h: &str) -> Option<(String, Option<String>)> {
+    let h = h.trim();
+    if h.is_empty() {
+        return None;
+    }
+    Some(match h.split_once('@') {
+        Some((id, v)) => (id.to_owned(), Some(v.to_owned())),
+        None => (h.to_owned(), None),
+    })
+}
+
+/// Takes the template choice out of `body` (the `tollgate_template` field) and the select header's
+/// value (`id` or `id@version`). An `id` in the body wins; without one, the header names the
+/// template and the body's `tollgate_template.variables` (if any) fill it.
 pub fn take_ask(body: &mut Map<String, Value>, header: Option<&str>) -> Result<Option<Ask>, ApiError> {
-    if let Some(v) = body.remove(FIELD) {
-        let Value::Object(mut o) = v else {
-            return Err(bad(
-                "invalid_template_request",
-                format!("`{FIELD}` must be an object"),
-            ));
-        };
-        let id = match o.remove("id") {
-            Some(Value::String(s)) => s,
-            _ => {
-                return Err(bad(
-                    "invalid_template_request",
-                    format!("`{FIELD}.id` must be a string"),
-                ));
-            }
-        };
-        let version = match o.remove("version") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(_) => {
-                return Err(bad(
-                    "invalid_template_request",
-                    format!("`{FIELD}.version` must be a string"),
-                ));
-            }
-        };
-        let variables = match o.remove("variables") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(m)) => Some(m),
-            Some(_) => {
-                return Err(bad(
-                    "invalid_template_request",
-                    format!("`{FIELD}.variables` must be an object"),
-                ));
-            }
-        };
-        if let Some(k) = o.keys().next() {
-            return Err(bad(
-                "invalid_template_request",
-                format!("unknown field `{FIELD}.{k}`"),
-            ));
-        }
-        return Ok(Some(Ask {
+    let header = header.and_then(from_header);
+    let Some(v) = body.remove(FIELD) else {
+        return Ok(header.map(|(id, version)| Ask {
             id,
             version,
-            variables,
+            variables: None,
         }));
+    };
+    let Value::Object(mut o) = v else {
+        return Err(bad(
+            "invalid_template_request",
+            format!("`{FIELD}` must be an object"),
+        ));
+    };
+    let id = match o.remove("id") {
+        Some(Value::String(s)) => Some(s),
+        None | Some(Value::Null) => None,
+        Some(_) => {
+            return Err(bad(
+                "invalid_template_request",
+                format!("`{FIELD}.id` must be a string"),
+            ));
+        }
+    };
+    let version = match o.remove("version") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            return Err(bad(
+                "invalid_template_request",
+                format!("`{FIELD}.version` must be a string"),
+            ));
+        }
+    };
+    let variables = match o.remove("variables") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m),
+        Some(_) => {
+            return Err(bad(
+                "invalid_template_request",
+                format!("`{FIELD}.variables` must be an object"),
+            ));
+        }
+    };
+    if let Some(k) = o.keys().next() {
+        return Err(bad(
+            "invalid_template_request",
+            format!("unknown field `{FIELD}.{}`", shown(k)),
+        ));
     }
-    Ok(header
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .map(|h| match h.split_once('@') {
-            Some((id, v)) => Ask {
-                id: id.to_owned(),
-                version: Some(v.to_owned()),
-                variables: None,
-            },
-            None => Ask {
-                id: h.to_owned(),
-                version: None,
-                variables: None,
-            },
-        }))
+    let (id, version) = match (id, header) {
+        (Some(id), _) => (id, version),
+        (None, Some((id, hv))) => (id, version.or(hv)),
+        (None, None) => {
+            return Err(bad(
+                "invalid_template_request",
+                format!("`{FIELD}.id` is required (or name the template in the select header)"),
+            ));
+        }
+    };
+    Ok(Some(Ask {
+        id,
+        version,
+        variables,
+    }))
 }
 
 /// A template resolved for one request: which version, and the checked values.
@@ -128,10 +157,10 @@ impl RenderError {
 
     pub fn to_api(&self) -> ApiError {
         match self {
-            Self::UnknownTemplate(id) => bad("unknown_template", format!("unknown template `{id}`")),
+            Self::UnknownTemplate(id) => bad("unknown_template", format!("unknown template `{}`", shown(id))),
             Self::UnknownVersion { template, version } => bad(
                 "unknown_version",
-                format!("template `{template}` has no version `{version}`"),
+                format!("template `{template}` has no version `{}`", shown(version)),
             ),
             Self::Variable(e) => bad("invalid_variable", e.message.clone()),
         }
@@ -243,41 +272,29 @@ fn take_messages(body: &mut Map<String, Value>) -> Result<Vec<Value>, ApiError> 
     }
 }
 
-/// Anthropic's top-level `system`: `before` goes ahead of the client's own system prompt, `after`
-/// behind it; a string stays a string, content blocks stay blocks.
+/// Anthropic's top-level `system`: one text block per system message, `before` ahead of the
+/// client's own system prompt and `after` behind it, so each message keeps its own boundary (a
+/// value cannot pose as a separate policy block). A client's string becomes a text block; its
+/// blocks are kept as they are.
 fn wrap_system(body: &mut Map<String, Value>, before: &[String], after: &[String]) -> Result<(), ApiError> {
     if before.is_empty() && after.is_empty() {
         return Ok(());
     }
-    let join = |parts: &[String]| parts.join("\n\n");
-    let system = match body.remove("system") {
-        None | Some(Value::Null) => {
-            let parts: Vec<String> = before.iter().chain(after).cloned().collect();
-            Value::String(join(&parts))
-        }
-        Some(Value::String(s)) => {
-            let mut parts: Vec<String> = before.to_vec();
-            parts.push(s);
-            parts.extend_from_slice(after);
-            Value::String(join(&parts))
-        }
-        Some(Value::Array(mut blocks)) => {
-            if !before.is_empty() {
-                blocks.insert(0, json!({"type": "text", "text": join(before)}));
-            }
-            if !after.is_empty() {
-                blocks.push(json!({"type": "text", "text": join(after)}));
-            }
-            Value::Array(blocks)
-        }
+    let text = |t: &String| json!({"type": "text", "text": t});
+    let mut blocks: Vec<Value> = before.iter().map(text).collect();
+    match body.remove("system") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => blocks.push(json!({"type": "text", "text": s})),
+        Some(Value::Array(client)) => blocks.extend(client),
         Some(_) => {
             return Err(bad(
                 "invalid_request_body",
                 "`system` must be a string or an array",
             ));
         }
-    };
-    body.insert("system".to_owned(), system);
+    }
+    blocks.extend(after.iter().map(text));
+    body.insert("system".to_owned(), Value::Array(blocks));
     Ok(())
 }
 
@@ -346,7 +363,8 @@ mod tests {
         apply(&mut body, Provider::Anthropic, Some(&r), &decos).unwrap();
         assert_eq!(
             body["system"],
-            "Policy A.\n\nPolicy B.\n\nGreet politely.\n\nClient system."
+            json!([{"type": "text", "text": "Policy A."}, {"type": "text", "text": "Policy B."},
+                   {"type": "text", "text": "Greet politely."}, {"type": "text", "text": "Client system."}])
         );
         assert_eq!(
             body["messages"],
@@ -369,6 +387,16 @@ mod tests {
         assert_eq!(take_ask(&mut body, None).unwrap(), None);
         let mut body = obj(json!({"tollgate_template": {"id": "a"}}));
         assert_eq!(take_ask(&mut body, Some("b")).unwrap().unwrap().id, "a");
+        // The header names the template, the body fills its variables.
+        let mut body = obj(json!({"tollgate_template": {"variables": {"name": "Cy"}}}));
+        let ask = take_ask(&mut body, Some("greet@v1")).unwrap().unwrap();
+        assert_eq!((ask.id.as_str(), ask.version.as_deref()), ("greet", Some("v1")));
+        assert_eq!(ask.variables.unwrap()["name"], "Cy");
+        let mut body = obj(json!({"tollgate_template": {"variables": {}}}));
+        assert_eq!(
+            take_ask(&mut body, None).unwrap_err().code,
+            "invalid_template_request"
+        );
     }
 
     #[test]

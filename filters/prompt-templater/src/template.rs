@@ -103,6 +103,7 @@ impl Variable {
                 };
             }
             (Some(Value::String(s)), Kind::String) => s.clone(),
+            // As serde_json prints it: `1e3` becomes `1000.0`, `1.50` becomes `1.5`.
             (Some(Value::Number(n)), Kind::Number) => n.to_string(),
             (Some(Value::String(s)), Kind::Enum(allowed)) => {
                 if !allowed.iter().any(|a| a == s) {
@@ -190,7 +191,11 @@ impl Template {
             return Err(VariableError {
                 variable: unknown.clone(),
                 rule: "declared",
-                message: format!("template `{}` has no variable `{unknown}`", self.id),
+                message: format!(
+                    "template `{}` has no variable `{}`",
+                    self.id,
+                    crate::render::shown(unknown)
+                ),
             });
         }
         self.variables

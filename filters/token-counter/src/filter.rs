@@ -346,9 +346,10 @@ impl Http {
         let completion = match &req {
             Request::Embeddings(_) => 0,
             // Each of `n` choices (`best_of` candidates) may use the whole completion budget.
-            _ => max_out
-                .unwrap_or(cfg.completion_estimate)
-                .saturating_mul(choices(&req)),
+            _ => match choices(&req) {
+                Ok(n) => max_out.unwrap_or(cfg.completion_estimate).saturating_mul(n),
+                Err(e) => return self.reply(&e, &[]),
+            },
         };
         self.amount = counted.saturating_add(completion);
         let group = entry.and_then(|m| m.group.as_deref());
@@ -507,6 +508,10 @@ impl Http {
         let Some(rule_idx) = self.pending.remove(&token) else {
             return;
         };
+        if self.finished || self.replied {
+            // Answered already (our reply, or Envoy's); its reservations were released.
+            return;
+        }
         let shared = self.shared.clone();
         let Some(budgets) = &shared.config.budgets else {
             return;
@@ -677,19 +682,30 @@ impl Http {
     }
 }
 
-/// Completions the provider generates for `req`: `n` choices, or `best_of` candidates.
-fn choices(req: &Request) -> u64 {
+/// Completions the provider generates for `req`: `n` choices, or `best_of` candidates. Anything but
+/// an integer in 1..=128 is refused: some OpenAI-compatible servers read `8.0` or `"8"` as 8.
+fn choices(req: &Request) -> Result<u64, ApiError> {
     let extra = match req {
         Request::Chat(r) => &r.extra,
         Request::Completions(r) => &r.extra,
-        _ => return 1,
+        _ => return Ok(1),
     };
-    ["n", "best_of"]
-        .iter()
-        .filter_map(|k| extra.get(*k).and_then(serde_json::Value::as_u64))
-        .max()
-        .unwrap_or(1)
-        .clamp(1, 128)
+    let mut n = 1;
+    for key in ["n", "best_of"] {
+        match extra.get(key) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(v) => match v.as_u64().filter(|x| (1..=128).contains(x)) {
+                Some(x) => n = n.max(x),
+                None => {
+                    return Err(ApiError::invalid_request(
+                        "invalid_request_body",
+                        format!("`{key}` must be an integer from 1 to 128"),
+                    ));
+                }
+            },
+        }
+    }
+    Ok(n)
 }
 
 impl Context for Http {

@@ -124,6 +124,20 @@ impl MemoryState {
             ..
         } = &mut *b;
         let Some(r) = reservations.get_mut(request_id) else {
+            // A tombstone: a reserve with this id arriving later (a slow call its filter already
+            // released) is refused without a charge.
+            reservations.insert(
+                request_id.to_owned(),
+                Reservation {
+                    window: String::new(),
+                    reserved: 0,
+                    allowed: false,
+                    settled: true,
+                    limit: 0,
+                    reset_at: now,
+                    expires: now + super::TOMBSTONE_TTL_SECS,
+                },
+            );
             return SettleResponse {
                 outcome: SettleOutcome::Unknown as i32,
                 used: 0,
@@ -253,6 +267,14 @@ mod tests {
         let s = m.settle("r1", 20, 123);
         assert_eq!((s.outcome, s.used), (SettleOutcome::Duplicate as i32, 20));
         assert_eq!(m.settle("nope", 5, 123).outcome, SettleOutcome::Unknown as i32);
+        // Its reserve arriving after the release is refused and charges nothing.
+        let late = m.reserve("nope", &w, 10, 100, 123);
+        assert!(!late.allowed && late.duplicate, "{late:?}");
+        assert_eq!(
+            m.reserve("probe", &w, 0, 100, 123).used,
+            20,
+            "the window was not charged"
+        );
         // Settling a denied reservation charges nothing.
         assert_eq!(m.settle("r2", 40, 124).used, 20);
         // The next window starts empty.

@@ -15,6 +15,10 @@ pub enum StateError {
     Protocol(String),
 }
 
+/// How long a settle for an unknown request id is remembered (longer than the longest window the
+/// filters use, a day): a reserve with that id arriving later is refused without a charge.
+pub const TOMBSTONE_TTL_SECS: u64 = 2 * 86_400;
+
 /// A budget window: fixed, aligned to the Unix epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {

@@ -40,8 +40,14 @@ return {allowed, used, limit, tonumber(ARGV[4]), 0}
 ";
 
 const SETTLE: &str = r"
--- KEYS[1] reservation; ARGV: actual tokens. Returns {outcome, used}: 1 settled, 2 duplicate, 3 unknown.
-if redis.call('EXISTS', KEYS[1]) == 0 then return {3, 0} end
+-- KEYS[1] reservation; ARGV: actual tokens, tombstone ttl. Returns {outcome, used}: 1 settled,
+-- 2 duplicate, 3 unknown. An unknown id leaves a settled, denied tombstone, so a reserve that arrives
+-- after its own release (a slow call the filter gave up on) charges nothing.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'window', '', 'reserved', 0, 'allowed', 0, 'settled', 1, 'limit', 0, 'reset_at', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return {3, 0}
+end
 local r = redis.call('HMGET', KEYS[1], 'window', 'reserved', 'allowed', 'settled')
 if r[4] == '1' then return {2, tonumber(redis.call('GET', r[1]) or '0')} end
 redis.call('HSET', KEYS[1], 'settled', 1)
@@ -152,6 +158,7 @@ impl RedisState {
             .settle
             .key(format!("{}b:r:{request_id}", self.prefix))
             .arg(actual)
+            .arg(super::TOMBSTONE_TTL_SECS)
             .invoke_async(&mut conn)
             .await?;
         let [outcome, used] = r[..] else {
