@@ -124,3 +124,11 @@ pub async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, Error> {
     }
     Ok(None)
 }
+
+/// The `data` of every SSE event in `body` (events without data are skipped). A body that is not
+/// a complete, well-formed stream gives what parsed before the fault.
+pub fn sse_data(body: &[u8]) -> Vec<String> {
+    let mut events = Vec::new();
+    let _ = filter_core::sse::SseParser::default().feed(body, &mut events);
+    events.into_iter().filter_map(|e| e.data).collect()
+}

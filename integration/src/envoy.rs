@@ -32,6 +32,8 @@ pub struct Options<'a> {
     /// HTTP filters (YAML list items) inserted just before the router, in order.
     pub filters: Vec<String>,
     pub concurrency: u32,
+    /// Shipped filter snippets (`envoy/filters/<file>`), inserted before the router after `filters`.
+    pub snippets: Vec<&'a str>,
 }
 
 impl<'a> Options<'a> {
@@ -42,6 +44,7 @@ impl<'a> Options<'a> {
             replace: Vec::new(),
             filters: Vec::new(),
             concurrency: 1,
+            snippets: Vec::new(),
         }
     }
 
@@ -59,6 +62,13 @@ impl<'a> Options<'a> {
     /// `target/wasm32-wasip1/release/` (built by `cargo wasm`), `config` its plugin configuration.
     pub fn wasm_filter(mut self, name: &str, wasm: &str, config: &serde_json::Value) -> Self {
         self.filters.push(wasm_filter_yaml(name, wasm, config));
+        self
+    }
+
+    /// Adds a filter snippet as users paste it (`envoy/filters/<file>`): comment lines dropped, its
+    /// `filename: target/…` pointed at this checkout's build.
+    pub fn snippet(mut self, file: &'a str) -> Self {
+        self.snippets.push(file);
         self
     }
 
@@ -152,11 +162,29 @@ impl Envoy {
             }
             config = replace_port(&config, from, to);
         }
-        if !opts.filters.is_empty() {
+        let mut filters = opts.filters.clone();
+        for file in &opts.snippets {
+            let path = repo_root().join("envoy/filters").join(file);
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let root = repo_root().display().to_string();
+            filters.push(
+                text.lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .map(|l| {
+                        format!(
+                            "{}\n",
+                            l.replace("filename: target/", &format!("filename: {root}/target/"))
+                        )
+                    })
+                    .collect(),
+            );
+        }
+        if !filters.is_empty() {
             if !config.contains(ROUTER) {
                 return Err(format!("{}: no router filter to insert filters before", opts.config).into());
             }
-            for f in &opts.filters {
+            for f in &filters {
                 let file = f
                     .lines()
                     .find_map(|l| l.trim().strip_prefix("filename: "))
@@ -165,7 +193,7 @@ impl Envoy {
                     return Err(format!("{file} not found: run `cargo wasm` (scripts/setup.sh does)").into());
                 }
             }
-            config = config.replace(ROUTER, &format!("{}{ROUTER}", opts.filters.concat()));
+            config = config.replace(ROUTER, &format!("{}{ROUTER}", filters.concat()));
         }
         for (from, to) in &opts.replace {
             if !config.contains(from.as_str()) {

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is a test failure
 
 use serde_json::{Value, json};
-use tollgate_it::client::{self, Client};
+use tollgate_it::client::{self, Client, sse_data};
 use tollgate_it::envoy::{Envoy, Options, default_ports};
 use tollgate_it::mock::MockLlm;
 
@@ -34,14 +34,6 @@ async fn assert_identical(
         "{path}: body differs through Envoy"
     );
     proxied
-}
-
-fn sse_data(body: &[u8]) -> Vec<String> {
-    let mut events = Vec::new();
-    filter_core::sse::SseParser::default()
-        .feed(body, &mut events)
-        .unwrap();
-    events.into_iter().filter_map(|e| e.data).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -477,20 +477,9 @@ fn bad_libraries_are_rejected_at_load_naming_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_envoy_snippet_works() {
     let mock = MockLlm::start().unwrap();
-    let path = tollgate_it::repo_root().join("envoy/filters/prompt-templater.yaml");
-    let snippet: String = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let wasm = tollgate_it::envoy::wasm_path("prompt_templater.wasm");
-    let snippet = snippet.replace(
-        "filename: target/wasm32-wasip1/release/prompt_templater.wasm",
-        &format!("filename: {}", wasm.display()),
-    );
-    let mut opts = Options::new("envoy.yaml").upstream(default_ports::LLM_UPSTREAM, mock.port());
-    opts.filters.push(snippet);
+    let opts = Options::new("envoy.yaml")
+        .upstream(default_ports::LLM_UPSTREAM, mock.port())
+        .snippet("prompt-templater.yaml");
     let envoy = Envoy::start(opts).unwrap();
     let req = json!({"model": "gpt-4o-mini", "tollgate_template": {"id": "support-answer", "version": "v2",
         "variables": {"product": "gadgets", "question": "Does it float?"}}});

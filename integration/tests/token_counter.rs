@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 use std::time::Duration;
-use tollgate_it::client::{self, Client};
+use tollgate_it::client::{self, Client, sse_data};
 use tollgate_it::envoy::{Envoy, Options, default_ports};
 use tollgate_it::mock::MockLlm;
 
@@ -32,14 +32,6 @@ fn reference() -> Value {
         "/tests/data/token-counts.reference.json"
     );
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-fn sse_data(body: &[u8]) -> Vec<String> {
-    let mut events = Vec::new();
-    filter_core::sse::SseParser::default()
-        .feed(body, &mut events)
-        .unwrap();
-    events.into_iter().filter_map(|e| e.data).collect()
 }
 
 /// Waits until the access log has `n` lines (Envoy writes it when a request ends).
@@ -200,20 +192,9 @@ async fn usage_and_cost_from_json_and_streams_of_both_apis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_envoy_snippet_works() {
     let mock = MockLlm::start().unwrap();
-    let path = tollgate_it::repo_root().join("envoy/filters/token-counter.yaml");
-    let snippet: String = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let wasm = tollgate_it::envoy::wasm_path("token_counter.wasm");
-    let snippet = snippet.replace(
-        "filename: target/wasm32-wasip1/release/token_counter.wasm",
-        &format!("filename: {}", wasm.display()),
-    );
-    let mut opts = Options::new("envoy.yaml").upstream(default_ports::LLM_UPSTREAM, mock.port());
-    opts.filters.push(snippet);
+    let mut opts = Options::new("envoy.yaml")
+        .upstream(default_ports::LLM_UPSTREAM, mock.port())
+        .snippet("token-counter.yaml");
     opts.concurrency = 2;
     let envoy = Envoy::start(opts).unwrap();
     let r = Client::new()
