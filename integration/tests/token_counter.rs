@@ -676,9 +676,11 @@ async fn replicas_share_one_budget_through_the_sidecar_on_redis() {
         let url = if i % 2 == 0 { e1.url(CHAT) } else { e2.url(CHAT) };
         let (c, req) = (c.clone(), req.clone());
         tasks.push(tokio::spawn(async move {
+            // The provider takes 1.5 s, so every reservation is made before any is settled, even
+            // on a loaded machine: exactly four fit.
             c.post_json(
                 &url,
-                &[("x-tollgate-subject", "dave"), ("x-mock-latency-ms", "300")],
+                &[("x-tollgate-subject", "dave"), ("x-mock-latency-ms", "1500")],
                 &req,
             )
             .await
