@@ -142,11 +142,10 @@ impl Http {
             _ => Vec::new(),
         };
         // Most requests name no template: don't parse what will not change.
-        let field = format!("\"{}\"", render::FIELD);
         // (`\u` escapes could spell the field name; such bodies are parsed.)
         if self.select.is_none()
             && decorators.is_empty()
-            && !contains(bytes, field.as_bytes())
+            && !contains(bytes, render::FIELD_KEY)
             && !contains(bytes, b"\\u")
         {
             return Action::Continue;

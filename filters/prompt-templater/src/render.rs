@@ -11,6 +11,8 @@ use serde_json::{Map, Value, json};
 
 /// The body field a client selects a template with; removed before the upstream sees the body.
 pub const FIELD: &str = "tollgate_template";
+/// [`FIELD`] as it appears as a JSON key, for the scan that lets most bodies pass unparsed.
+pub const FIELD_KEY: &[u8] = b"\"tollgate_template\"";
 
 /// A client's choice of template.
 #[derive(Debug, Clone, PartialEq)]
@@ -377,6 +379,11 @@ mod tests {
             blocks["system"],
             json!([{"type": "text", "text": "Policy A."}, {"type": "text", "text": "Client.", "cache_control": {"type": "ephemeral"}}])
         );
+    }
+
+    #[test]
+    fn the_scanned_key_is_the_field() {
+        assert_eq!(FIELD_KEY, format!("\"{FIELD}\"").as_bytes());
     }
 
     #[test]
