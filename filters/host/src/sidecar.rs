@@ -16,6 +16,7 @@ pub use inference_proto::v1;
 pub mod code {
     pub const OK: u32 = 0;
     pub const INVALID_ARGUMENT: u32 = 3;
+    pub const CANCELLED: u32 = 1;
     pub const DEADLINE_EXCEEDED: u32 = 4;
     pub const RESOURCE_EXHAUSTED: u32 = 8;
     pub const UNAVAILABLE: u32 = 14;
@@ -121,11 +122,12 @@ fn normalise_status(code: u32, raw: &str) -> (u32, String) {
         Some((m, d)) => (m, Some(d)),
         None => (raw, None),
     };
-    let code = if code == code::UNAVAILABLE && details == Some("response_timeout") {
-        code::DEADLINE_EXCEEDED
-    } else {
-        code
-    };
+    // Envoy reports an expired call deadline two ways: UNAVAILABLE `{response_timeout}` when the
+    // upstream request timed out, CANCELLED "Timeout expired" when the async client's own timer
+    // fired first (seen with a 1 ms deadline).
+    let timed_out = (code == code::UNAVAILABLE && details == Some("response_timeout"))
+        || (code == code::CANCELLED && percent_decode(message) == "Timeout expired");
+    let code = if timed_out { code::DEADLINE_EXCEEDED } else { code };
     (code, percent_decode(message))
 }
 
@@ -163,6 +165,11 @@ mod tests {
             normalise_status(14, "upstream request timeout{response_timeout}"),
             (4, "upstream request timeout".to_owned())
         );
+        assert_eq!(
+            normalise_status(1, "Timeout expired"),
+            (4, "Timeout expired".to_owned())
+        );
+        assert_eq!(normalise_status(1, "cancelled"), (1, "cancelled".to_owned()));
         assert_eq!(
             normalise_status(
                 14,
