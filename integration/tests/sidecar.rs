@@ -169,7 +169,7 @@ async fn a_deadline_shorter_than_inference_is_deadline_exceeded() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("gRPC status 4: upstream request timeout"),
+            .contains("gRPC status 4: deadline exceeded"),
         "{body}"
     );
 }

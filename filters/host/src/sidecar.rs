@@ -116,7 +116,7 @@ pub fn reply<M: Message + Default>(status_code: u32, response_size: usize) -> Re
 /// Envoy reports a call's status message as the percent-encoded `grpc-message` followed by its
 /// response-code details in braces (`texts[0]%20is%20empty{via_upstream}`), and an expired deadline
 /// as UNAVAILABLE with details `response_timeout`. Returns the code a gRPC client would see
-/// (DEADLINE_EXCEEDED for the latter) and the decoded message.
+/// (DEADLINE_EXCEEDED, with one message whichever way Envoy reported it) and the decoded message.
 fn normalise_status(code: u32, raw: &str) -> (u32, String) {
     let (message, details) = match raw.strip_suffix('}').and_then(|r| r.rsplit_once('{')) {
         Some((m, d)) => (m, Some(d)),
@@ -127,7 +127,9 @@ fn normalise_status(code: u32, raw: &str) -> (u32, String) {
     // fired first (seen with a 1 ms deadline).
     let timed_out = (code == code::UNAVAILABLE && details == Some("response_timeout"))
         || (code == code::CANCELLED && percent_decode(message) == "Timeout expired");
-    let code = if timed_out { code::DEADLINE_EXCEEDED } else { code };
+    if timed_out {
+        return (code::DEADLINE_EXCEEDED, "deadline exceeded".to_owned());
+    }
     (code, percent_decode(message))
 }
 
@@ -163,11 +165,11 @@ mod tests {
         );
         assert_eq!(
             normalise_status(14, "upstream request timeout{response_timeout}"),
-            (4, "upstream request timeout".to_owned())
+            (4, "deadline exceeded".to_owned())
         );
         assert_eq!(
             normalise_status(1, "Timeout expired"),
-            (4, "Timeout expired".to_owned())
+            (4, "deadline exceeded".to_owned())
         );
         assert_eq!(normalise_status(1, "cancelled"), (1, "cancelled".to_owned()));
         assert_eq!(
