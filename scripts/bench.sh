@@ -3,7 +3,9 @@
 # semantic cache over Redis, RSS); `token-counter` (Envoy with the filter vs bare Envoy in the same
 # run: requests/s and latency for 200 B / 8 KB / 100 KB prompts, start-up, RSS at --concurrency 2,
 # the count cache on a 20-turn conversation; JSON in .cache/bench/token-counter.json);
-# `prompt-templater` (templated requests vs bare Envoy given the rendered messages, same run).
+# `prompt-templater` (templated requests vs bare Envoy given the rendered messages, same run);
+# `jwt-auth` (bare Envoy vs Envoy's native jwt_authn vs the filter, same key and token, RS256 and
+# ES256, verified-token caches off and on).
 # Run all: scripts/bench.sh; one: scripts/bench.sh token-counter.
 # Results print as Markdown; they are measurements of this machine, not assertions.
 # TOLLGATE_BENCH_SIDECAR_ARGS adds flags to the benchmarked sidecar (e.g. "--workers 1").
@@ -12,7 +14,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(sidecar token-counter prompt-templater)
+[ ${#sections[@]} -gt 0 ] || sections=(sidecar token-counter prompt-templater jwt-auth)
 step() { printf '\n\033[1m[bench]\033[0m %s\n' "$*"; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
@@ -61,6 +63,15 @@ bench_prompt_templater() {
   target/release/bench-prompt-templater --seconds "${TOLLGATE_BENCH_SECONDS:-5}" --json "$run/prompt-templater.json"
 }
 
+bench_jwt_auth() {
+  need_wrk
+  step "build: wasm filters and the benchmark driver (release)"
+  cargo wasm -q
+  cargo build -q --release -p integration-tests --bin bench-jwt-auth
+  step "jwt-auth: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  target/release/bench-jwt-auth --seconds "${TOLLGATE_BENCH_SECONDS:-5}" --json "$run/jwt-auth.json"
+}
+
 bench_token_counter() {
   need_wrk
   step "build: wasm filters and the benchmark driver (release)"
@@ -75,6 +86,7 @@ for s in "${sections[@]}"; do
     sidecar) bench_sidecar ;;
     token-counter) bench_token_counter ;;
     prompt-templater) bench_prompt_templater ;;
-    *) echo "unknown section: $s (known: sidecar, token-counter, prompt-templater)" >&2; exit 2 ;;
+    jwt-auth) bench_jwt_auth ;;
+    *) echo "unknown section: $s (known: sidecar, token-counter, prompt-templater, jwt-auth)" >&2; exit 2 ;;
   esac
 done

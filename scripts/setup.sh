@@ -66,6 +66,9 @@ fi
 step "curl (demo)"
 command -v curl >/dev/null || apt_install curl
 
+step "openssl (jwt-auth tests and demo: test keys are generated and tokens signed at run time)"
+command -v openssl >/dev/null || apt_install openssl
+
 step "redis-server (shared state tests)"
 command -v redis-server >/dev/null || apt_install redis-server
 

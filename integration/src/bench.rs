@@ -42,16 +42,32 @@ pub fn wrk(
     connections: u32,
     dir: &std::path::Path,
 ) -> Result<Load, Error> {
+    wrk_with_headers(url, body, &[], seconds, connections, dir)
+}
+
+/// [`wrk`] with extra request headers (values must not contain `'` or `\`).
+pub fn wrk_with_headers(
+    url: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+    seconds: u64,
+    connections: u32,
+    dir: &std::path::Path,
+) -> Result<Load, Error> {
     let body_path = dir.join("body.json");
     std::fs::write(&body_path, serde_json::to_vec(body)?)?;
     let script = dir.join("post.lua");
-    std::fs::write(
-        &script,
-        format!(
-            "local f = io.open({:?}, 'rb')\nwrk.method = 'POST'\nwrk.body = f:read('*a')\nf:close()\nwrk.headers['content-type'] = 'application/json'\n",
-            body_path.display().to_string()
-        ),
-    )?;
+    let mut lua = format!(
+        "local f = io.open({:?}, 'rb')\nwrk.method = 'POST'\nwrk.body = f:read('*a')\nf:close()\nwrk.headers['content-type'] = 'application/json'\n",
+        body_path.display().to_string()
+    );
+    for (k, v) in headers {
+        if v.contains(['\'', '\\']) {
+            return Err(format!("header {k}: value not usable in a wrk script").into());
+        }
+        lua.push_str(&format!("wrk.headers['{k}'] = '{v}'\n"));
+    }
+    std::fs::write(&script, lua)?;
     let out = Command::new("wrk")
         .args([
             "-t1",

@@ -17,6 +17,8 @@ pub mod default_ports {
     pub const LLM_UPSTREAM: u16 = 8081;
     /// Cluster `inference_sidecar`.
     pub const SIDECAR: u16 = 50051;
+    /// Cluster `idp_jwks` (the identity provider's JWKS endpoint, for jwt-auth).
+    pub const JWKS: u16 = 8083;
 }
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -184,11 +186,11 @@ impl Envoy {
             if !config.contains(ROUTER) {
                 return Err(format!("{}: no router filter to insert filters before", opts.config).into());
             }
-            for f in &filters {
-                let file = f
-                    .lines()
-                    .find_map(|l| l.trim().strip_prefix("filename: "))
-                    .unwrap_or_default();
+            // Wasm filters name their module; native filters (e.g. jwt_authn) have none.
+            for file in filters
+                .iter()
+                .filter_map(|f| f.lines().find_map(|l| l.trim().strip_prefix("filename: ")))
+            {
                 if !Path::new(file).exists() {
                     return Err(format!("{file} not found: run `cargo wasm` (scripts/setup.sh does)").into());
                 }
@@ -283,6 +285,19 @@ impl Envoy {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// The access log once it has at least `n` lines (Envoy writes a line when a request ends);
+    /// what it has after 5 s otherwise.
+    pub fn wait_access_log(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines = self.access_log();
+            if lines.len() >= n || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The value of counter/gauge `name` from `/stats`, if present.

@@ -36,14 +36,9 @@ fn reference() -> Value {
 
 /// Waits until the access log has `n` lines (Envoy writes it when a request ends).
 async fn access_log(envoy: &Envoy, n: usize) -> Vec<Value> {
-    for _ in 0..100 {
-        let log = envoy.access_log();
-        if log.len() >= n {
-            return log;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("access log has fewer than {n} lines:\n{:?}", envoy.access_log());
+    let log = envoy.wait_access_log(n);
+    assert!(log.len() >= n, "access log has fewer than {n} lines:\n{log:?}");
+    log
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,10 @@ impl ConfigError {
     }
 }
 
+/// A regex compiled from configuration may not grow past this many bytes, so a pattern in config
+/// cannot exhaust a VM's memory (pass to `RegexBuilder::size_limit`).
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
 /// Parses `bytes` as JSON into `T`. Types should use `#[serde(deny_unknown_fields)]` so typos are
 /// rejected instead of silently ignored. An empty configuration parses as `{}`.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {

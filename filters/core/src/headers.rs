@@ -37,6 +37,10 @@ pub mod state {
     pub const MODERATION: &str = "tollgate.moderation";
     /// `id@version` of the prompt template a request was rendered from.
     pub const TEMPLATE: &str = "tollgate.template";
+    /// The jwt-auth provider that verified the request's token.
+    pub const AUTH_PROVIDER: &str = "tollgate.auth.provider";
+    /// Prefix of the claims jwt-auth puts in filter state (`tollgate.jwt.sub`).
+    pub const JWT_CLAIM_PREFIX: &str = "tollgate.jwt.";
     /// Set by Envoy's AI Protocol Manager when it runs before us; read the model from it when present.
     pub const ENVOY_AI_MODEL: &str = "envoy.ai.model.request";
 }
@@ -46,6 +50,15 @@ pub fn is_tollgate_header(name: &str) -> bool {
     name.as_bytes()
         .get(..PREFIX.len())
         .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX.as_bytes()))
+}
+
+/// True for a header name a filter may be configured with: lower-case letters, digits, `-`, `_`
+/// (what Envoy stores; no pseudo-headers, no characters that need quoting).
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
 }
 
 #[cfg(test)]
@@ -61,5 +74,15 @@ mod tests {
         assert!(is_tollgate_header("X-Tollgate-Route"));
         assert!(!is_tollgate_header("x-tollgate"));
         assert!(!is_tollgate_header("authorization"));
+    }
+
+    #[test]
+    fn configured_names_are_lower_case_tokens() {
+        assert!(is_valid_name("x-tollgate-subject"));
+        assert!(is_valid_name("x_api_key2"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("X-Upper"));
+        assert!(!is_valid_name(":path"));
+        assert!(!is_valid_name("bad name"));
     }
 }

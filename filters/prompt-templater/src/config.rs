@@ -131,15 +131,7 @@ pub struct Config {
     pub decorators: Vec<Decorator>,
 }
 
-/// A compiled regex may not grow past this (a pattern in config cannot exhaust the VM's memory).
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
 const ROLES: [&str; 3] = ["system", "user", "assistant"];
-
-fn header_ok(h: &str) -> bool {
-    !h.is_empty()
-        && h.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
-}
 
 fn name_ok(s: &str) -> bool {
     !s.is_empty()
@@ -156,7 +148,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         ("select_header", &raw.select_header),
         ("identity_header", &raw.identity_header),
     ] {
-        if !header_ok(h) {
+        if !filter_core::headers::is_valid_name(h) {
             return Err(ConfigError::field(field, "must be a lower-case HTTP header name"));
         }
     }
@@ -345,7 +337,7 @@ fn compile_variable(path: &str, name: String, v: RawVariable) -> Result<Variable
         .as_deref()
         .map(|p| {
             regex::RegexBuilder::new(&format!("^(?:{p})$"))
-                .size_limit(REGEX_SIZE_LIMIT)
+                .size_limit(filter_core::config::REGEX_SIZE_LIMIT)
                 .build()
                 .map_err(|e| ConfigError::field(format!("{path}.pattern"), e.to_string()))
         })

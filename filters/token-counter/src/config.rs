@@ -299,7 +299,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(ConfigError::field("max_body_bytes", "must be at least 1"));
     }
     if let Some(t) = &raw.tenant_metrics {
-        if !is_header_name(&t.header) {
+        if !filter_core::headers::is_valid_name(&t.header) {
             return Err(ConfigError::field(
                 "tenant_metrics.header",
                 "must be a lower-case HTTP header name",
@@ -380,14 +380,8 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
-fn is_header_name(h: &str) -> bool {
-    !h.is_empty()
-        && h.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
-}
-
 fn compile_budgets(b: RawBudgets, groups: &[String]) -> Result<Budgets, ConfigError> {
-    if !is_header_name(&b.identity_header) {
+    if !filter_core::headers::is_valid_name(&b.identity_header) {
         return Err(ConfigError::field(
             "budgets.identity_header",
             "must be a lower-case HTTP header name",

@@ -42,6 +42,8 @@ const MAX_BODY: usize = 64 << 20;
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    /// The query string, without `?`.
+    pub query: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
 }
@@ -244,6 +246,7 @@ async fn handle(req: Request<Incoming>, journal: Arc<Journal>) -> Result<Respons
     let rec = Recorded {
         method: parts.method.to_string(),
         path: path.clone(),
+        query: parts.uri.query().map(str::to_owned),
         headers,
         body,
     };
