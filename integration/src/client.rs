@@ -132,3 +132,34 @@ pub fn sse_data(body: &[u8]) -> Vec<String> {
     let _ = filter_core::sse::SseParser::default().feed(body, &mut events);
     events.into_iter().filter_map(|e| e.data).collect()
 }
+
+/// The generated text of a reply of either API, JSON or SSE (stream deltas joined).
+pub fn reply_text(resp: &Response) -> String {
+    use serde_json::Value;
+    let ct = resp.header("content-type").unwrap_or_default();
+    if ct.starts_with("text/event-stream") {
+        sse_data(&resp.body)
+            .iter()
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| {
+                v.pointer("/choices/0/delta/content")
+                    .or_else(|| v.pointer("/delta/text"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect()
+    } else {
+        let v = resp.json();
+        v.pointer("/choices/0/message/content")
+            .or_else(|| v.pointer("/content/0/text"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// The request body the mock provider received, from its reply in echo mode (`x-mock-echo: 1`).
+pub fn echoed_request(resp: &Response) -> Result<serde_json::Value, String> {
+    let text = reply_text(resp);
+    serde_json::from_str(&text).map_err(|e| format!("echo is not JSON ({e}): {text}"))
+}

@@ -50,31 +50,7 @@ fn envoy(mock: &MockLlm, config: &Value, concurrency: u32) -> Result<Envoy, toll
 
 /// The request body the provider received, from the echoed reply (JSON or SSE).
 fn echoed(resp: &tollgate_it::client::Response) -> Value {
-    let ct = resp.header("content-type").unwrap_or_default();
-    let text = if ct.starts_with("text/event-stream") {
-        let mut events = Vec::new();
-        filter_core::sse::SseParser::default()
-            .feed(&resp.body, &mut events)
-            .unwrap();
-        events
-            .iter()
-            .filter_map(|e| serde_json::from_str::<Value>(e.data.as_deref()?).ok())
-            .filter_map(|v| {
-                v.pointer("/choices/0/delta/content")
-                    .or_else(|| v.pointer("/delta/text"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-            .collect::<String>()
-    } else {
-        let v = resp.json();
-        v.pointer("/choices/0/message/content")
-            .or_else(|| v.pointer("/content/0/text"))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("echo is not JSON ({e}): {text}"))
+    tollgate_it::client::echoed_request(resp).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn stat(envoy: &Envoy, name: &str) -> u64 {

@@ -58,6 +58,74 @@ pub fn for_each_segment<'a>(req: &'a Request, mut f: impl FnMut(Segment<'a>)) {
     }
 }
 
+/// Every text [`for_each_segment`] visits, in the same order, mutable (a moderator masks in
+/// place).
+pub fn for_each_text_mut(req: &mut Request, mut f: impl FnMut(&mut String)) {
+    match req {
+        Request::Chat(r) => {
+            for m in &mut r.messages {
+                match &mut m.content {
+                    Some(openai::Content::Text(t)) => f(t),
+                    Some(openai::Content::Parts(parts)) => {
+                        for t in parts.iter_mut().filter_map(|p| p.text.as_mut()) {
+                            f(t);
+                        }
+                    }
+                    None => {}
+                }
+                if let Some(Value::Array(calls)) = m.extra.get_mut("tool_calls") {
+                    for call in calls {
+                        if let Some(Value::String(args)) =
+                            call.get_mut("function").and_then(|f| f.get_mut("arguments"))
+                        {
+                            f(args);
+                        }
+                    }
+                }
+            }
+        }
+        Request::Completions(r) => strings_mut(&mut r.prompt, &mut f),
+        Request::Embeddings(r) => strings_mut(&mut r.input, &mut f),
+        Request::Messages(r) => {
+            if let Some(system) = &mut r.system {
+                anthropic_content_mut(system, &mut f);
+            }
+            for m in &mut r.messages {
+                anthropic_content_mut(&mut m.content, &mut f);
+            }
+        }
+    }
+}
+
+fn anthropic_content_mut(content: &mut anthropic::Content, f: &mut impl FnMut(&mut String)) {
+    match content {
+        anthropic::Content::Text(t) => f(t),
+        anthropic::Content::Blocks(blocks) => {
+            for b in blocks {
+                match (b.kind.as_str(), &mut b.text, &mut b.content) {
+                    (_, Some(t), _) => f(t),
+                    ("tool_result", None, Some(inner)) => anthropic_content_mut(inner, f),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn strings_mut(v: &mut Value, f: &mut impl FnMut(&mut String)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(items) => {
+            for item in items {
+                if let Value::String(s) = item {
+                    f(s);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// All segments, collected.
 pub fn segments(req: &Request) -> Vec<Segment<'_>> {
     let mut out = Vec::new();
@@ -192,6 +260,38 @@ mod tests {
             .into_iter()
             .map(|s| (s.role, s.text.to_owned()))
             .collect()
+    }
+
+    /// The mutable walk visits exactly the texts of the read-only one, in order, for every API.
+    #[test]
+    fn mutable_walk_matches_the_segments() {
+        let bodies = [
+            (
+                Provider::OpenAiChat,
+                r#"{"model":"m","messages":[{"role":"system","content":"a"},{"role":"user","content":[{"type":"text","text":"b"},{"type":"image_url","image_url":{"url":"x"}}]},{"role":"assistant","content":null,"tool_calls":[{"id":"1","type":"function","function":{"name":"f","arguments":"c"}}]},{"role":"tool","tool_call_id":"1","content":"d"}]}"#,
+            ),
+            (Provider::OpenAiCompletions, r#"{"model":"m","prompt":["a","b"]}"#),
+            (Provider::OpenAiEmbeddings, r#"{"model":"m","input":"a"}"#),
+            (
+                Provider::Anthropic,
+                r#"{"model":"m","max_tokens":1,"system":[{"type":"text","text":"a"}],"messages":[{"role":"user","content":[{"type":"text","text":"b"},{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"c"}]}]},{"role":"assistant","content":"d"}]}"#,
+            ),
+        ];
+        for (provider, body) in bodies {
+            let mut req = Request::parse(provider, body.as_bytes()).unwrap();
+            let read: Vec<String> = segments(&req).iter().map(|s| s.text.to_owned()).collect();
+            let mut seen = Vec::new();
+            for_each_text_mut(&mut req, |t| {
+                seen.push(t.clone());
+                t.push('!');
+            });
+            assert_eq!(seen, read, "{provider:?}");
+            let changed: Vec<String> = segments(&req).iter().map(|s| s.text.to_owned()).collect();
+            assert!(
+                changed.iter().all(|t| t.ends_with('!')),
+                "{provider:?}: {changed:?}"
+            );
+        }
     }
 
     #[test]

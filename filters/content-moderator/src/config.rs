@@ -1,0 +1,217 @@
+//! The moderator's configuration, parsed with the failing field named and compiled once: detectors
+//! built, rule regexes compiled with a size limit (a pattern cannot exhaust the VM's memory).
+
+pub use filter_core::config::ConfigError;
+
+use crate::detect::{Detector, Kind};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Refuse the request (or end the response) naming the category.
+    Block,
+    /// Replace the match and let the text through.
+    Mask,
+    /// Count and record the category only.
+    Log,
+}
+
+impl Action {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Mask => "mask",
+            Self::Log => "log",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskStyle {
+    /// `[EMAIL]`, `[PAYMENT_CARD]`, or the rule's name.
+    #[default]
+    Label,
+    /// Letters and digits become `*` except the last four; separators stay (`**** **** **** 1111`).
+    Last4,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDetector {
+    pub action: Action,
+    #[serde(default)]
+    pub mask: MaskStyle,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// The category reported when it matches (letters, digits, `-`, `_`).
+    pub name: String,
+    pub pattern: String,
+    #[serde(default)]
+    pub case_insensitive: bool,
+    #[serde(default = "default_block")]
+    pub action: Action,
+    #[serde(default)]
+    pub mask: MaskStyle,
+}
+
+fn default_block() -> Action {
+    Action::Block
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAllow {
+    pub pattern: String,
+    #[serde(default)]
+    pub case_insensitive: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    /// Built-in detectors by name, each with its action.
+    #[serde(default)]
+    pub detectors: BTreeMap<Kind, RawDetector>,
+    #[serde(default)]
+    pub deny: Vec<RawRule>,
+    /// A finding inside a match of one of these is let through (e.g. the company's own support
+    /// address).
+    #[serde(default)]
+    pub allow: Vec<RawAllow>,
+}
+
+/// A compiled category: a detector or a deny rule.
+#[derive(Debug)]
+pub enum Matcher {
+    Detector(Detector),
+    Rule(regex::Regex),
+}
+
+#[derive(Debug)]
+pub struct Category {
+    pub name: String,
+    pub matcher: Matcher,
+    pub action: Action,
+    pub mask: MaskStyle,
+}
+
+#[derive(Debug, Default)]
+pub struct Rules {
+    pub categories: Vec<Category>,
+    pub allow: Vec<regex::Regex>,
+}
+
+fn regex(pattern: &str, case_insensitive: bool, at: &str) -> Result<regex::Regex, ConfigError> {
+    regex::RegexBuilder::new(pattern)
+        .case_insensitive(case_insensitive)
+        .size_limit(filter_core::config::REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| ConfigError::field(at, e.to_string()))
+}
+
+/// Compiles `raw`; `at` is where it sits in the filter's config (e.g. `request`).
+pub fn compile_rules(raw: RawRules, at: &str) -> Result<Rules, ConfigError> {
+    let mut categories = Vec::new();
+    for (kind, d) in raw.detectors {
+        let detector = Detector::new(kind)
+            .map_err(|e| ConfigError::field(format!("{at}.detectors.{}", kind.name()), e.to_string()))?;
+        categories.push(Category {
+            name: kind.name().to_owned(),
+            matcher: Matcher::Detector(detector),
+            action: d.action,
+            mask: d.mask,
+        });
+    }
+    for (i, r) in raw.deny.into_iter().enumerate() {
+        let ok_name = !r.name.is_empty()
+            && r.name.len() <= 64
+            && r.name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+        if !ok_name {
+            return Err(ConfigError::field(
+                format!("{at}.deny[{i}].name"),
+                "must be 1-64 letters, digits, `-` or `_` (it names metrics)",
+            ));
+        }
+        if categories.iter().any(|c| c.name == r.name) {
+            return Err(ConfigError::field(
+                format!("{at}.deny[{i}].name"),
+                format!("`{}` is used twice", r.name),
+            ));
+        }
+        let re = regex(&r.pattern, r.case_insensitive, &format!("{at}.deny[{i}].pattern"))?;
+        categories.push(Category {
+            name: r.name,
+            matcher: Matcher::Rule(re),
+            action: r.action,
+            mask: r.mask,
+        });
+    }
+    let mut allow = Vec::with_capacity(raw.allow.len());
+    for (i, a) in raw.allow.iter().enumerate() {
+        allow.push(regex(
+            &a.pattern,
+            a.case_insensitive,
+            &format!("{at}.allow[{i}].pattern"),
+        )?);
+    }
+    Ok(Rules { categories, allow })
+}
+
+/// The filter's configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Rules on every text the model will read (messages, system prompt, tool results and calls).
+    #[serde(default)]
+    pub request: RawRules,
+    /// Rules on the model's output (JSON responses).
+    #[serde(default)]
+    pub response: RawRules,
+    /// Status of a blocked request (4xx).
+    #[serde(default = "default_block_status")]
+    pub block_status: u32,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_block_status() -> u32 {
+    400
+}
+
+fn default_max_body() -> usize {
+    1 << 20
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub request: Rules,
+    pub response: Rules,
+    pub block_status: u32,
+    pub max_body_bytes: usize,
+}
+
+pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    if !(400..=499).contains(&raw.block_status) {
+        return Err(ConfigError::field(
+            "block_status",
+            format!("{} is not a 4xx status", raw.block_status),
+        ));
+    }
+    if raw.max_body_bytes == 0 {
+        return Err(ConfigError::field("max_body_bytes", "must be at least 1"));
+    }
+    Ok(Config {
+        request: compile_rules(raw.request, "request")?,
+        response: compile_rules(raw.response, "response")?,
+        block_status: raw.block_status,
+        max_body_bytes: raw.max_body_bytes,
+    })
+}

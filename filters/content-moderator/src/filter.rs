@@ -1,0 +1,358 @@
+//! The proxy-wasm callbacks. The request headers wait for the body (`allow_on_headers_stop_iteration`
+//! in the filter's Envoy config), so nothing reaches the upstream before it is moderated and a
+//! masked body can drop `content-length`. JSON responses are held until complete, then passed,
+//! masked or replaced by an error.
+
+use crate::body::{self, BodyError, Outcome};
+use crate::config::{self, Action as Verdict, Config, Rules};
+use filter_core::{ApiError, ErrorKind, Provider, headers};
+use filter_host::body::{self as host_body, Body};
+use filter_host::metrics::Family;
+use filter_host::proxy_wasm::{self, traits::*, types::*};
+use filter_host::reply::send_error;
+use filter_host::{log, state};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+proxy_wasm::main! {{
+    filter_host::init("content-moderator");
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root { shared: None }));
+}}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Request,
+    Response,
+}
+
+impl Side {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Response => "response",
+        }
+    }
+}
+
+/// `tollgate_content_moderator_<side>_<action>{category}`.
+struct Metrics {
+    families: Vec<((Side, Verdict), Family)>,
+    invalid: Family,
+}
+
+impl Metrics {
+    fn new(cfg: &Config) -> Self {
+        let mut families = Vec::new();
+        for (side, rules) in [(Side::Request, &cfg.request), (Side::Response, &cfg.response)] {
+            for action in [Verdict::Block, Verdict::Mask, Verdict::Log] {
+                families.push((
+                    (side, action),
+                    Family::counter(
+                        format!("tollgate_content_moderator_{}_{}", side.name(), action.name()),
+                        "category",
+                        rules.categories.len().max(1),
+                    ),
+                ));
+            }
+        }
+        Self {
+            families,
+            invalid: Family::counter("tollgate_content_moderator_invalid_body", "reason", 4),
+        }
+    }
+
+    fn record(&mut self, side: Side, rules: &Rules, findings: &[(usize, Verdict)]) {
+        for &(c, action) in findings {
+            let Some(name) = rules.categories.get(c).map(|c| c.name.as_str()) else {
+                continue;
+            };
+            if let Some(m) = self
+                .families
+                .iter_mut()
+                .find(|(k, _)| *k == (side, action))
+                .and_then(|(_, f)| f.get(name))
+            {
+                m.inc();
+            }
+        }
+    }
+}
+
+struct Shared {
+    config: Config,
+    metrics: RefCell<Metrics>,
+}
+
+struct Root {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some(config) = filter_host::config::load(config::compile) else {
+            return false;
+        };
+        self.shared = Some(Rc::new(Shared {
+            metrics: RefCell::new(Metrics::new(&config)),
+            config,
+        }));
+        true
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http {
+            id: context_id,
+            shared: self.shared.clone()?,
+            provider: None,
+            request_done: false,
+            moderate_response: false,
+            replied: false,
+            verdict: Vec::new(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    id: u32,
+    shared: Rc<Shared>,
+    provider: Option<Provider>,
+    request_done: bool,
+    moderate_response: bool,
+    replied: bool,
+    /// `side:action:category` of every finding, for the filter-state verdict.
+    verdict: Vec<String>,
+}
+
+impl Http {
+    fn reply(&mut self, err: &ApiError) -> Action {
+        self.replied = true;
+        send_error(self.id, err, &[]);
+        Action::Pause
+    }
+
+    /// Answers `block_status` with an OpenAI-style error naming the category, never the text.
+    fn block(&mut self, side: Side, category: &str) -> Action {
+        let status = self.shared.config.block_status;
+        let err = ApiError::new(
+            ErrorKind::InvalidRequest,
+            "content_blocked",
+            format!(
+                "the {} was blocked by the content policy (category: {category})",
+                side.name()
+            ),
+        );
+        log!(
+            Info,
+            Some(self.id),
+            "local reply {status} content_blocked: {} category {category}",
+            side.name()
+        );
+        self.replied = true;
+        filter_host::reply::send_json(self.id, status, &err.to_json());
+        Action::Pause
+    }
+
+    /// Records the outcome; `Some(action)` when the callback must return it (blocked or failed).
+    fn apply(
+        &mut self,
+        side: Side,
+        outcome: Result<Outcome, BodyError>,
+        buffer: BufferType,
+        old_len: usize,
+    ) -> Option<Action> {
+        let shared = self.shared.clone();
+        let rules = match side {
+            Side::Request => &shared.config.request,
+            Side::Response => &shared.config.response,
+        };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(BodyError::Invalid(why)) => {
+                if let Some(m) = shared.metrics.borrow_mut().invalid.get(side.name()) {
+                    m.inc();
+                }
+                log!(Info, Some(self.id), "{} body not moderated: {why}", side.name());
+                return Some(match side {
+                    Side::Request => self.reply(&ApiError::invalid_request(
+                        "invalid_request_body",
+                        format!("the request body could not be read for moderation: {why}"),
+                    )),
+                    // An upstream answer that is not the API's JSON cannot be checked: refuse it.
+                    Side::Response => self.reply(&ApiError::new(
+                        ErrorKind::Unavailable,
+                        "unreadable_response",
+                        "the provider's response could not be read for moderation",
+                    )),
+                });
+            }
+            Err(BodyError::Serialize(why)) => {
+                log!(
+                    Error,
+                    Some(self.id),
+                    "cannot serialise the moderated {}: {why}",
+                    side.name()
+                );
+                return Some(self.reply(&ApiError::new(
+                    ErrorKind::Internal,
+                    "internal",
+                    "the gateway could not rewrite the body",
+                )));
+            }
+        };
+        shared.metrics.borrow_mut().record(side, rules, &outcome.findings);
+        for &(c, action) in &outcome.findings {
+            if let Some(cat) = rules.categories.get(c) {
+                let v = format!("{}:{}:{}", side.name(), action.name(), cat.name);
+                if !self.verdict.contains(&v) {
+                    self.verdict.push(v);
+                }
+            }
+        }
+        state::set(headers::state::MODERATION, &self.verdict_text());
+        if let Some(c) = outcome.blocked {
+            let name = rules.categories.get(c).map_or("unknown", |c| c.name.as_str());
+            return Some(self.block(side, name));
+        }
+        if let Some(new_body) = outcome.body
+            && let Err(s) = host_body::replace(buffer, old_len, &new_body)
+        {
+            log!(
+                Error,
+                Some(self.id),
+                "cannot rewrite the {} body: {s:?}",
+                side.name()
+            );
+            return Some(self.reply(&ApiError::new(
+                ErrorKind::Internal,
+                "internal",
+                "the gateway could not rewrite the body",
+            )));
+        }
+        None
+    }
+
+    fn verdict_text(&self) -> String {
+        if self.verdict.is_empty() {
+            "pass".to_owned()
+        } else {
+            self.verdict.join(",")
+        }
+    }
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        self.provider = Provider::from_path(&path);
+        if self.provider.is_none() || end_of_stream {
+            return Action::Continue;
+        }
+        if self.shared.config.request.categories.is_empty() {
+            self.request_done = true;
+            return Action::Continue;
+        }
+        // A masked body has another length.
+        self.set_http_request_header("content-length", None);
+        // Wait for the body (needs allow_on_headers_stop_iteration: true in the Envoy config).
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(provider) = self.provider else {
+            return Action::Continue;
+        };
+        if self.replied {
+            return Action::Pause;
+        }
+        if self.request_done {
+            return Action::Continue;
+        }
+        let shared = self.shared.clone();
+        match host_body::collect(
+            BufferType::HttpRequestBody,
+            body_size,
+            end_of_stream,
+            shared.config.max_body_bytes,
+        ) {
+            Body::Wait(a) => a,
+            Body::TooLarge(e) => self.reply(&e),
+            Body::Complete(b) => {
+                self.request_done = true;
+                let outcome = body::request(&shared.config.request, provider, &b);
+                self.apply(Side::Request, outcome, BufferType::HttpRequestBody, b.len())
+                    .unwrap_or(Action::Continue)
+            }
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _n: usize) -> Action {
+        if self.provider.is_none() || self.request_done || self.replied {
+            return Action::Continue;
+        }
+        self.reply(&ApiError::invalid_request(
+            "trailers_not_supported",
+            "request trailers are not supported on LLM API requests",
+        ))
+    }
+
+    fn on_http_response_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        if self.replied
+            || end_of_stream
+            || self.provider.is_none()
+            || self.shared.config.response.categories.is_empty()
+        {
+            return Action::Continue;
+        }
+        let status = self.get_http_response_header(":status").unwrap_or_default();
+        let json = self
+            .get_http_response_header("content-type")
+            .is_some_and(|c| c.starts_with("application/json"));
+        if status != "200" || !json {
+            return Action::Continue;
+        }
+        self.moderate_response = true;
+        self.set_http_response_header("content-length", None);
+        Action::Pause
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(provider) = self.provider else {
+            return Action::Continue;
+        };
+        if !self.moderate_response || self.replied {
+            return Action::Continue;
+        }
+        let shared = self.shared.clone();
+        match host_body::collect(
+            BufferType::HttpResponseBody,
+            body_size,
+            end_of_stream,
+            shared.config.max_body_bytes,
+        ) {
+            Body::Wait(a) => a,
+            Body::TooLarge(_) => {
+                self.moderate_response = false;
+                self.reply(&ApiError::new(
+                    ErrorKind::Unavailable,
+                    "response_too_large",
+                    "the provider's response is larger than the moderator reads",
+                ))
+            }
+            Body::Complete(b) => {
+                self.moderate_response = false;
+                let outcome = body::response(&shared.config.response, provider, &b);
+                self.apply(Side::Response, outcome, BufferType::HttpResponseBody, b.len())
+                    .unwrap_or(Action::Continue)
+            }
+        }
+    }
+}
