@@ -308,3 +308,88 @@ fn bad_configs_are_rejected_at_load_naming_the_field() {
         );
     }
 }
+
+fn streamed(text: &str, anthropic: bool) -> Value {
+    if anthropic {
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 1000, "stream": true,
+               "messages": [{"role": "user", "content": text}]})
+    } else {
+        json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": text}]})
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_responses_are_masked_across_every_split_and_blocked_with_a_final_error_event() {
+    let mock = MockLlm::start().unwrap();
+    let cfg = json!({"response": {"detectors": {"payment_card": {"action": "mask", "mask": "last4"},
+                                                "email": {"action": "mask"},
+                                                "private_key": {"action": "block"}}},
+                     "stream_holdback_bytes": 64});
+    let envoy = with_config(&mock, &cfg).unwrap();
+    let c = Client::new();
+    let text = "card 4111 1111 1111 1111 mail bob@example.com";
+    for anthropic in [false, true] {
+        let path = if anthropic { MESSAGES } else { CHAT };
+        // The echo is the request body, cut into that many deltas: the card and the address fall
+        // across different event boundaries each time.
+        for chunks in 1..=40 {
+            let n = chunks.to_string();
+            let r = c
+                .post_json(
+                    &envoy.url(path),
+                    &[ECHO, ("x-mock-chunks", n.as_str())],
+                    &streamed(text, anthropic),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            assert!(r.header("content-type").unwrap().starts_with("text/event-stream"));
+            let got = reply_text(&r);
+            assert!(
+                got.contains("card **** **** **** 1111 mail [EMAIL]"),
+                "anthropic={anthropic} chunks={chunks}: {got}"
+            );
+            assert!(!got.contains("4111 1111") && !got.contains("bob@"), "{got}");
+            // The client's SSE parser sees a complete stream.
+            let data = tollgate_it::client::sse_data(&r.body);
+            if anthropic {
+                assert!(data.last().unwrap().contains("message_stop"), "{data:?}");
+            } else {
+                assert_eq!(data.last().unwrap(), "[DONE]");
+            }
+        }
+        let r = c
+            .post_json(
+                &envoy.url(path),
+                &[ECHO, ("x-mock-chunks", "12")],
+                &streamed(
+                    "here -----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq then more text",
+                    anthropic,
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert!(!reply_text(&r).contains("BEGIN PRIVATE"), "{}", reply_text(&r));
+        let data = tollgate_it::client::sse_data(&r.body);
+        if anthropic {
+            let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+            assert_eq!(
+                (last["type"].as_str(), last["error"]["code"].as_str()),
+                (Some("error"), Some("content_blocked"))
+            );
+        } else {
+            let err: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+            assert_eq!(err["error"]["code"], "content_blocked");
+            assert_eq!(data.last().unwrap(), "[DONE]");
+        }
+    }
+    assert_eq!(
+        envoy.stat("wasmcustom.tollgate_content_moderator_response_block.category.private_key"),
+        Some(2)
+    );
+    assert_eq!(
+        envoy.stat("wasmcustom.tollgate_content_moderator_response_mask.category.payment_card"),
+        Some(80)
+    );
+}

@@ -180,6 +180,14 @@ pub struct RawConfig {
     pub block_status: u32,
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Bytes of generated text a streamed response holds back, so a match split across events is
+    /// still caught before it goes out. Matches up to this long are guaranteed to be seen whole.
+    #[serde(default = "default_holdback")]
+    pub stream_holdback_bytes: usize,
+}
+
+fn default_holdback() -> usize {
+    128
 }
 
 fn default_block_status() -> u32 {
@@ -196,6 +204,7 @@ pub struct Config {
     pub response: Rules,
     pub block_status: u32,
     pub max_body_bytes: usize,
+    pub stream_holdback_bytes: usize,
 }
 
 pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -208,7 +217,18 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.max_body_bytes == 0 {
         return Err(ConfigError::field("max_body_bytes", "must be at least 1"));
     }
+    if !(1..=crate::stream::MAX_WINDOW).contains(&raw.stream_holdback_bytes) {
+        return Err(ConfigError::field(
+            "stream_holdback_bytes",
+            format!(
+                "{} is outside 1..={}",
+                raw.stream_holdback_bytes,
+                crate::stream::MAX_WINDOW
+            ),
+        ));
+    }
     Ok(Config {
+        stream_holdback_bytes: raw.stream_holdback_bytes,
         request: compile_rules(raw.request, "request")?,
         response: compile_rules(raw.response, "response")?,
         block_status: raw.block_status,

@@ -5,6 +5,7 @@
 
 use crate::body::{self, BodyError, Outcome};
 use crate::config::{self, Action as Verdict, Config, Rules};
+use crate::stream::Stream;
 use filter_core::{ApiError, ErrorKind, Provider, headers};
 use filter_host::body::{self as host_body, Body};
 use filter_host::metrics::Family;
@@ -109,6 +110,8 @@ impl RootContext for Root {
             provider: None,
             request_done: false,
             moderate_response: false,
+            stream: None,
+            recorded: 0,
             replied: false,
             verdict: Vec::new(),
         }))
@@ -125,6 +128,9 @@ struct Http {
     provider: Option<Provider>,
     request_done: bool,
     moderate_response: bool,
+    /// A streamed response being moderated, and how many of its findings are already counted.
+    stream: Option<Stream>,
+    recorded: usize,
     replied: bool,
     /// `side:action:category` of every finding, for the filter-state verdict.
     verdict: Vec<String>,
@@ -206,16 +212,7 @@ impl Http {
                 )));
             }
         };
-        shared.metrics.borrow_mut().record(side, rules, &outcome.findings);
-        for &(c, action) in &outcome.findings {
-            if let Some(cat) = rules.categories.get(c) {
-                let v = format!("{}:{}:{}", side.name(), action.name(), cat.name);
-                if !self.verdict.contains(&v) {
-                    self.verdict.push(v);
-                }
-            }
-        }
-        state::set(headers::state::MODERATION, &self.verdict_text());
+        self.record(side, &outcome.findings);
         if let Some(c) = outcome.blocked {
             let name = rules.categories.get(c).map_or("unknown", |c| c.name.as_str());
             return Some(self.block(side, name));
@@ -238,11 +235,62 @@ impl Http {
         None
     }
 
+    /// Counts findings and updates the verdict in filter state.
+    fn record(&mut self, side: Side, findings: &[(usize, Verdict)]) {
+        let shared = self.shared.clone();
+        let rules = match side {
+            Side::Request => &shared.config.request,
+            Side::Response => &shared.config.response,
+        };
+        shared.metrics.borrow_mut().record(side, rules, findings);
+        for &(c, action) in findings {
+            if let Some(cat) = rules.categories.get(c) {
+                let v = format!("{}:{}:{}", side.name(), action.name(), cat.name);
+                if !self.verdict.contains(&v) {
+                    self.verdict.push(v);
+                }
+            }
+        }
+        state::set(headers::state::MODERATION, &self.verdict_text());
+    }
+
     fn verdict_text(&self) -> String {
         if self.verdict.is_empty() {
             "pass".to_owned()
         } else {
             self.verdict.join(",")
+        }
+    }
+}
+
+impl Http {
+    /// Rewrites one chunk of a streamed response in place.
+    fn on_stream_chunk(&mut self, body_size: usize, end_of_stream: bool) {
+        let shared = self.shared.clone();
+        let chunk = self.get_http_response_body(0, body_size).unwrap_or_default();
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        let out = stream.feed(&shared.config.response, &chunk, end_of_stream);
+        let new: Vec<(usize, Verdict)> = stream.findings.get(self.recorded..).unwrap_or_default().to_vec();
+        let blocked = stream.blocked;
+        self.recorded += new.len();
+        if let Err(s) = host_body::replace(BufferType::HttpResponseBody, body_size, &out) {
+            log!(Error, Some(self.id), "cannot rewrite a streamed chunk: {s:?}");
+        }
+        if !new.is_empty() {
+            self.record(Side::Response, &new);
+        }
+        if let Some(c) = blocked
+            && !new.is_empty()
+        {
+            let name = shared
+                .config
+                .response
+                .categories
+                .get(c)
+                .map_or("unknown", |c| c.name.as_str());
+            log!(Info, Some(self.id), "response stream blocked: category {name}");
         }
     }
 }
@@ -313,10 +361,20 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         let status = self.get_http_response_header(":status").unwrap_or_default();
-        let json = self
-            .get_http_response_header("content-type")
-            .is_some_and(|c| c.starts_with("application/json"));
-        if status != "200" || !json {
+        let content_type = self.get_http_response_header("content-type").unwrap_or_default();
+        if status != "200" {
+            return Action::Continue;
+        }
+        if content_type.starts_with("text/event-stream") {
+            // Events pass as they come, rewritten; their length changes.
+            let Some(provider) = self.provider else {
+                return Action::Continue;
+            };
+            self.stream = Some(Stream::new(provider, self.shared.config.stream_holdback_bytes));
+            self.set_http_response_header("content-length", None);
+            return Action::Continue;
+        }
+        if !content_type.starts_with("application/json") {
             return Action::Continue;
         }
         self.moderate_response = true;
@@ -325,6 +383,10 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.stream.is_some() {
+            self.on_stream_chunk(body_size, end_of_stream);
+            return Action::Continue;
+        }
         let Some(provider) = self.provider else {
             return Action::Continue;
         };

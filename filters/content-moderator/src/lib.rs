@@ -8,6 +8,7 @@ pub mod config;
 pub mod detect;
 pub mod moderate;
 pub mod normalize;
+pub mod stream;
 
 #[cfg(not(all(test, target_arch = "wasm32")))]
 mod filter;
