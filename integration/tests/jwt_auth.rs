@@ -247,6 +247,7 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
     let mock = MockLlm::start().unwrap();
     let envoy = envoy(&mock, &config(json!({"inline": k.jwks()}))).unwrap();
     let forged = [
+        ("x_tollgate_subject", "admin-underscore"),
         ("x-tollgate-subject", "admin"),
         ("x-tollgate-tenant", "root"),
         ("X-Tollgate-Subject", "admin2"),
@@ -271,6 +272,11 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
         .collect();
     assert_eq!(subjects, ["bob"]);
     assert_eq!(seen.header("x-tollgate-tenant"), Some("o-1"));
+    assert_eq!(
+        seen.header("x_tollgate_subject"),
+        None,
+        "the underscore spelling is stripped too"
+    );
     // A claim with a line break is not written into a header.
     let mut c = claims("eve\r\nx-admin: 1");
     c["org"] = json!({"id": "o-2"});
@@ -287,175 +293,179 @@ async fn malformed_forged_and_out_of_time_tokens_are_refused_with_their_reason()
     let k = keys();
     let rsa = k.get("rsa");
     let p256 = k.get("p256");
-    let mock = MockLlm::start().unwrap();
-    let envoy = envoy(&mock, &config(json!({"inline": k.jwks()}))).unwrap();
-    let good = rsa.sign("RS256", &claims("alice")).unwrap();
-    let parts: Vec<&str> = good.split('.').collect();
-    let (h, p, s) = (parts[0], parts[1], parts[2]);
-    let sig = <base64ct::Base64UrlUnpadded as base64ct::Encoding>::decode_vec(s).unwrap();
-    let body = b64url(claims("alice").to_string().as_bytes());
-    let with = |f: &dyn Fn(&mut Value)| {
-        let mut c = claims("alice");
-        f(&mut c);
-        rsa.sign("RS256", &c).unwrap()
-    };
-    let t = now();
-    let ecdsa_zero = format!(
-        "{}.{body}.{}",
-        b64url(br#"{"alg":"ES256","kid":"p256"}"#),
-        b64url(&[0u8; 64])
-    );
-    let mut tampered_claims = claims("alice");
-    tampered_claims["sub"] = json!("admin");
-    let cases: Vec<(&str, String, &str)> = vec![
-        ("two segments", format!("{h}.{p}"), "malformed"),
-        ("four segments", format!("{good}.{s}"), "malformed"),
-        ("empty signature", format!("{h}.{p}."), "malformed"),
-        ("header base64", format!("{h}%.{p}.{s}"), "header_base64"),
-        ("header padding", format!("{h}=.{p}.{s}"), "header_base64"),
-        (
-            "header json",
-            format!("{}.{p}.{s}", b64url(b"{\"alg\":")),
-            "header_json",
-        ),
-        ("payload base64", format!("{h}.{p}$.{s}"), "payload_base64"),
-        (
-            "payload json",
-            format!("{h}.{}.{s}", b64url(b"[]")),
-            "payload_json",
-        ),
-        ("signature base64", format!("{h}.{p}.{s}~"), "signature_base64"),
-        (
-            "no alg",
-            format!("{}.{p}.{s}", b64url(br#"{"kid":"rsa"}"#)),
-            "alg_missing",
-        ),
-        (
-            "unknown alg",
-            format!("{}.{p}.{s}", b64url(br#"{"alg":"RS1024","kid":"rsa"}"#)),
-            "alg_unsupported",
-        ),
-        (
-            "alg none",
-            format!("{}.{p}.{s}", b64url(br#"{"alg":"none"}"#)),
-            "alg_unsupported",
-        ),
-        (
-            "kid not found",
-            format!("{}.{p}.{s}", b64url(br#"{"alg":"RS256","kid":"nope"}"#)),
-            "unknown_kid",
-        ),
-        (
-            "HS256 with an RSA kid",
-            format!("{}.{p}.{s}", b64url(br#"{"alg":"HS256","kid":"rsa"}"#)),
-            "key_mismatch",
-        ),
-        (
-            "ES256 with a P-384 kid",
-            format!("{}.{p}.{s}", b64url(br#"{"alg":"ES256","kid":"p384"}"#)),
-            "key_mismatch",
-        ),
-        (
-            "tampered payload",
-            format!("{h}.{}.{s}", b64url(tampered_claims.to_string().as_bytes())),
-            "bad_signature",
-        ),
-        (
-            "short signature",
-            format!("{h}.{p}.{}", b64url(&sig[..sig.len() - 6])),
-            "bad_signature",
-        ),
-        ("long signature", format!("{h}.{p}.{s}AAAA"), "bad_signature"),
-        ("ECDSA r=s=0", ecdsa_zero, "bad_signature"),
-        ("expired", with(&|c| c["exp"] = json!(t - 3600)), "expired"),
-        (
-            "expired past skew",
-            with(&|c| c["exp"] = json!(t - 63)),
-            "expired",
-        ),
-        (
-            "not yet valid",
-            with(&|c| c["nbf"] = json!(t + 3600)),
-            "not_yet_valid",
-        ),
-        (
-            "nbf past skew",
-            with(&|c| c["nbf"] = json!(t + 63)),
-            "not_yet_valid",
-        ),
-        (
-            "no exp",
-            with(&|c| {
-                c.as_object_mut().unwrap().remove("exp");
-            }),
-            "exp_missing",
-        ),
-        (
-            "string exp",
-            with(&|c| c["exp"] = json!((t + 600).to_string())),
-            "claim_type",
-        ),
-        (
-            "wrong iss",
-            with(&|c| c["iss"] = json!("https://evil.test")),
-            "wrong_issuer",
-        ),
-        (
-            "no iss",
-            with(&|c| {
-                c.as_object_mut().unwrap().remove("iss");
-            }),
-            "wrong_issuer",
-        ),
-        ("oversized", format!("{h}.{}.{s}", "A".repeat(9000)), "too_large"),
-    ];
-    for (name, token, want) in &cases {
-        let r = call(&envoy, CHAT, Some(token), &[]).await;
-        assert_eq!(
-            (r.status, code(&r)),
-            (401, (*want).to_owned()),
-            "{name}: {}",
-            r.text()
+    for native in [true, false] {
+        let mock = MockLlm::start().unwrap();
+        let mut cfg = config(json!({"inline": k.jwks()}));
+        cfg["native_verify"] = json!(native);
+        let envoy = envoy(&mock, &cfg).unwrap();
+        let good = rsa.sign("RS256", &claims("alice")).unwrap();
+        let parts: Vec<&str> = good.split('.').collect();
+        let (h, p, s) = (parts[0], parts[1], parts[2]);
+        let sig = <base64ct::Base64UrlUnpadded as base64ct::Encoding>::decode_vec(s).unwrap();
+        let body = b64url(claims("alice").to_string().as_bytes());
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut c = claims("alice");
+            f(&mut c);
+            rsa.sign("RS256", &c).unwrap()
+        };
+        let t = now();
+        let ecdsa_zero = format!(
+            "{}.{body}.{}",
+            b64url(br#"{"alg":"ES256","kid":"p256"}"#),
+            b64url(&[0u8; 64])
         );
+        let mut tampered_claims = claims("alice");
+        tampered_claims["sub"] = json!("admin");
+        let cases: Vec<(&str, String, &str)> = vec![
+            ("two segments", format!("{h}.{p}"), "malformed"),
+            ("four segments", format!("{good}.{s}"), "malformed"),
+            ("empty signature", format!("{h}.{p}."), "malformed"),
+            ("header base64", format!("{h}%.{p}.{s}"), "header_base64"),
+            ("header padding", format!("{h}=.{p}.{s}"), "header_base64"),
+            (
+                "header json",
+                format!("{}.{p}.{s}", b64url(b"{\"alg\":")),
+                "header_json",
+            ),
+            ("payload base64", format!("{h}.{p}$.{s}"), "payload_base64"),
+            (
+                "payload json",
+                format!("{h}.{}.{s}", b64url(b"[]")),
+                "payload_json",
+            ),
+            ("signature base64", format!("{h}.{p}.{s}~"), "signature_base64"),
+            (
+                "no alg",
+                format!("{}.{p}.{s}", b64url(br#"{"kid":"rsa"}"#)),
+                "alg_missing",
+            ),
+            (
+                "unknown alg",
+                format!("{}.{p}.{s}", b64url(br#"{"alg":"RS1024","kid":"rsa"}"#)),
+                "alg_unsupported",
+            ),
+            (
+                "alg none",
+                format!("{}.{p}.{s}", b64url(br#"{"alg":"none"}"#)),
+                "alg_unsupported",
+            ),
+            (
+                "kid not found",
+                format!("{}.{p}.{s}", b64url(br#"{"alg":"RS256","kid":"nope"}"#)),
+                "unknown_kid",
+            ),
+            (
+                "HS256 with an RSA kid",
+                format!("{}.{p}.{s}", b64url(br#"{"alg":"HS256","kid":"rsa"}"#)),
+                "key_mismatch",
+            ),
+            (
+                "ES256 with a P-384 kid",
+                format!("{}.{p}.{s}", b64url(br#"{"alg":"ES256","kid":"p384"}"#)),
+                "key_mismatch",
+            ),
+            (
+                "tampered payload",
+                format!("{h}.{}.{s}", b64url(tampered_claims.to_string().as_bytes())),
+                "bad_signature",
+            ),
+            (
+                "short signature",
+                format!("{h}.{p}.{}", b64url(&sig[..sig.len() - 6])),
+                "bad_signature",
+            ),
+            ("long signature", format!("{h}.{p}.{s}AAAA"), "bad_signature"),
+            ("ECDSA r=s=0", ecdsa_zero, "bad_signature"),
+            ("expired", with(&|c| c["exp"] = json!(t - 3600)), "expired"),
+            (
+                "expired past skew",
+                with(&|c| c["exp"] = json!(t - 63)),
+                "expired",
+            ),
+            (
+                "not yet valid",
+                with(&|c| c["nbf"] = json!(t + 3600)),
+                "not_yet_valid",
+            ),
+            (
+                "nbf past skew",
+                with(&|c| c["nbf"] = json!(t + 63)),
+                "not_yet_valid",
+            ),
+            (
+                "no exp",
+                with(&|c| {
+                    c.as_object_mut().unwrap().remove("exp");
+                }),
+                "exp_missing",
+            ),
+            (
+                "string exp",
+                with(&|c| c["exp"] = json!((t + 600).to_string())),
+                "claim_type",
+            ),
+            (
+                "wrong iss",
+                with(&|c| c["iss"] = json!("https://evil.test")),
+                "wrong_issuer",
+            ),
+            (
+                "no iss",
+                with(&|c| {
+                    c.as_object_mut().unwrap().remove("iss");
+                }),
+                "wrong_issuer",
+            ),
+            ("oversized", format!("{h}.{}.{s}", "A".repeat(9000)), "too_large"),
+        ];
+        for (name, token, want) in &cases {
+            let r = call(&envoy, CHAT, Some(token), &[]).await;
+            assert_eq!(
+                (r.status, code(&r)),
+                (401, (*want).to_owned()),
+                "{name}: {}",
+                r.text()
+            );
+        }
+        // Inside the skew (60 s): accepted on both sides.
+        for (name, token) in [
+            ("exp within skew", with(&|c| c["exp"] = json!(t - 57))),
+            ("nbf within skew", with(&|c| c["nbf"] = json!(t + 57))),
+        ] {
+            let r = call(&envoy, CHAT, Some(&token), &[]).await;
+            assert_eq!(r.status, 200, "{name}: {}", r.text());
+        }
+        // A P-256 signature for p256 is fine; the same signature under the P-384 key is not.
+        let es = p256.sign("ES256", &claims("alice")).unwrap();
+        assert_eq!(call(&envoy, CHAT, Some(&es), &[]).await.status, 200);
+        // Two tokens where one is bad: refused.
+        let r = Client::new()
+            .post_json(
+                &envoy.url(CHAT),
+                &[
+                    ("authorization", &format!("Bearer {good}")),
+                    ("authorization", "Bearer x.y.z"),
+                ],
+                &chat(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 401, "{}", r.text());
+        // A header over Envoy's own limit never reaches the filter.
+        let huge = "A".repeat(100 * 1024);
+        let r = Client::new()
+            .post_json(
+                &envoy.url(CHAT),
+                &[("authorization", &format!("Bearer {huge}"))],
+                &chat(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 431);
+        let log = envoy.log();
+        assert!(!log.contains("panicked") && !log.contains("panic:"), "{log}");
+        assert_eq!(cases.len() + 2, 30);
     }
-    // Inside the skew (60 s): accepted on both sides.
-    for (name, token) in [
-        ("exp within skew", with(&|c| c["exp"] = json!(t - 57))),
-        ("nbf within skew", with(&|c| c["nbf"] = json!(t + 57))),
-    ] {
-        let r = call(&envoy, CHAT, Some(&token), &[]).await;
-        assert_eq!(r.status, 200, "{name}: {}", r.text());
-    }
-    // A P-256 signature for p256 is fine; the same signature under the P-384 key is not.
-    let es = p256.sign("ES256", &claims("alice")).unwrap();
-    assert_eq!(call(&envoy, CHAT, Some(&es), &[]).await.status, 200);
-    // Two tokens where one is bad: refused.
-    let r = Client::new()
-        .post_json(
-            &envoy.url(CHAT),
-            &[
-                ("authorization", &format!("Bearer {good}")),
-                ("authorization", "Bearer x.y.z"),
-            ],
-            &chat(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 401, "{}", r.text());
-    // A header over Envoy's own limit never reaches the filter.
-    let huge = "A".repeat(100 * 1024);
-    let r = Client::new()
-        .post_json(
-            &envoy.url(CHAT),
-            &[("authorization", &format!("Bearer {huge}"))],
-            &chat(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 431);
-    let log = envoy.log();
-    assert!(!log.contains("panicked") && !log.contains("panic:"), "{log}");
-    assert_eq!(cases.len() + 2, 30);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

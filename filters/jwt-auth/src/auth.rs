@@ -22,6 +22,9 @@ pub struct KeySet {
     pub fetched_at: Option<u64>,
     /// When the last fetch started.
     pub last_attempt: Option<u64>,
+    /// Hash of the last fetched document: an unchanged set keeps its generation (and the cached
+    /// verifications made with it).
+    pub fingerprint: Option<u64>,
     pub in_flight: bool,
     /// A request is waiting for a fetch that has not started yet.
     pub wanted: bool,
@@ -39,6 +42,7 @@ impl KeySet {
             refresh,
             fetched_at: None,
             last_attempt: None,
+            fingerprint: None,
             in_flight: false,
             wanted: false,
         }
@@ -79,13 +83,17 @@ impl KeySet {
         self.last_attempt = Some(now);
     }
 
-    /// A fetch ended; `Some` replaces the keys. A failed refresh keeps the cached keys.
-    pub fn finished(&mut self, now: u64, jwks: Option<Jwks>) {
+    /// A fetch ended; `Some((keys, fingerprint of the document))` replaces the keys. A failed
+    /// refresh keeps the cached keys. Only a changed document starts a new generation.
+    pub fn finished(&mut self, now: u64, fetched: Option<(Jwks, u64)>) {
         self.in_flight = false;
-        if let Some(j) = jwks {
-            self.jwks = Some(Rc::new(j));
-            self.generation += 1;
+        if let Some((j, fingerprint)) = fetched {
             self.fetched_at = Some(now);
+            if self.fingerprint != Some(fingerprint) || self.jwks.is_none() {
+                self.jwks = Some(Rc::new(j));
+                self.generation += 1;
+                self.fingerprint = Some(fingerprint);
+            }
         }
     }
 }
@@ -97,13 +105,17 @@ pub struct Found {
     pub providers: Vec<usize>,
 }
 
+/// Most tokens one request may carry; more is refused (`too_many_tokens`) before any is decoded.
+pub const MAX_TOKENS: usize = 4;
+
 /// Collects the distinct tokens the rule's providers find in `headers` (lower-case names, every
 /// copy of a repeated header), the query of `path`, and cookies.
 pub fn extract(cfg: &Config, rule: &Rule, headers: &[(String, String)], path: &str) -> Vec<Found> {
     let mut found: Vec<Found> = Vec::new();
     let mut add = |token: &str, p: usize| {
         let token = token.trim();
-        if token.is_empty() {
+        // Past the cap the request is refused anyway; stop collecting.
+        if token.is_empty() || found.len() > MAX_TOKENS {
             return;
         }
         match found.iter_mut().find(|f| f.token == token) {
@@ -198,6 +210,9 @@ pub fn decide(
     if rule.requires.is_empty() {
         return Decision::Allow { identity: None };
     }
+    if found.len() > MAX_TOKENS {
+        return Decision::Deny(Reason::TooManyTokens);
+    }
     if found.is_empty() {
         return if rule.allow_missing {
             Decision::Allow { identity: None }
@@ -259,16 +274,42 @@ fn check(
         Some(serde_json::Value::String(s)) => Some(s.as_str()),
         Some(_) => return Err(Reason::ClaimType("iss").into()),
     };
-    let p = f
-        .providers
-        .iter()
-        .copied()
-        .find(|&p| {
-            cfg.providers
-                .get(p)
-                .is_some_and(|pr| pr.issuer.is_none() || pr.issuer.as_deref() == iss)
-        })
-        .ok_or(Reason::WrongIssuer)?;
+    // The providers whose issuer the token names (or that have none), tried in turn: the first
+    // that verifies it wins; otherwise the first one's reason stands.
+    let mut first_err: Option<Step> = None;
+    for &p in &f.providers {
+        let fits = cfg
+            .providers
+            .get(p)
+            .is_some_and(|pr| pr.issuer.is_none() || pr.issuer.as_deref() == iss);
+        if !fits {
+            continue;
+        }
+        match verify_with(cfg, p, &t, keys, now, host) {
+            Ok(v) => {
+                let verified = Rc::new(v);
+                cache.insert(&f.token, verified.clone());
+                claims::check_scopes(&verified.claims, &rule.required_scopes)?;
+                return Ok(verified);
+            }
+            Err(Step::Wait(p)) => return Err(Step::Wait(p)),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.unwrap_or(Step::Deny(Reason::WrongIssuer)))
+}
+
+/// Checks a parsed token against provider `p`: issuer, time, keys, signature, audience.
+fn verify_with(
+    cfg: &Config,
+    p: usize,
+    t: &token::Token<'_>,
+    keys: &mut [KeySet],
+    now: u64,
+    host: &mut native::Host<'_>,
+) -> Result<Verified, Step> {
     let (Some(provider), Some(ks)) = (cfg.providers.get(p), keys.get_mut(p)) else {
         return Err(Reason::WrongIssuer.into());
     };
@@ -299,13 +340,10 @@ fn check(
     }
     jwks.verify(t.alg, t.kid.as_deref(), t.signing_input, &t.signature, host)?;
     claims::check_audience(&t.claims, &provider.audiences)?;
-    let verified = Rc::new(Verified {
+    Ok(Verified {
         provider: p,
         generation: ks.generation,
         window,
-        claims: t.claims,
-    });
-    cache.insert(&f.token, verified.clone());
-    claims::check_scopes(&verified.claims, &rule.required_scopes)?;
-    Ok(verified)
+        claims: t.claims.clone(),
+    })
 }

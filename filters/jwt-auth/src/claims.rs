@@ -36,7 +36,8 @@ impl Window {
     }
 }
 
-/// A NumericDate: a non-negative JSON number (fractions allowed, truncated to seconds).
+/// A NumericDate: a non-negative JSON number. Fractions are rounded towards stricter: `nbf` up,
+/// `exp` and `iat` down.
 fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, Reason> {
     match claims.get(name) {
         None => Ok(None),
@@ -45,7 +46,9 @@ fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Optio
                 return Ok(Some(u));
             }
             match n.as_f64() {
-                Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f as u64)),
+                Some(f) if f.is_finite() && f >= 0.0 => {
+                    Ok(Some(if name == "nbf" { f.ceil() as u64 } else { f as u64 }))
+                }
                 _ => Err(Reason::ClaimType(name)),
             }
         }
@@ -148,8 +151,9 @@ pub fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Valu
 pub const MAX_VALUE_BYTES: usize = 4096;
 
 /// A claim rendered for a header: strings as they are, numbers and booleans as JSON, arrays of
-/// those joined by `,`. Objects, nulls, values with control characters (header injection) or longer
-/// than [`MAX_VALUE_BYTES`] give `None`, and the header is not set.
+/// those joined by `,`. Objects, nulls, values with control characters (header injection), array
+/// elements containing `,` (`["a,admin"]` must not read as two values) or values longer than
+/// [`MAX_VALUE_BYTES`] give `None`, and the header is not set.
 pub fn header_value(v: &Value) -> Option<String> {
     let mut out = String::new();
     match v {
@@ -157,6 +161,9 @@ pub fn header_value(v: &Value) -> Option<String> {
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
+                }
+                if item.as_str().is_some_and(|s| s.contains(',')) {
+                    return None;
                 }
                 scalar(item, &mut out)?;
             }

@@ -59,11 +59,13 @@ struct Shared {
     metrics: RefCell<Metrics>,
 }
 
+/// Seconds since the epoch. A clock the host cannot give reads as the end of time, so every token
+/// with an `exp` is expired (fail closed).
 fn now_s() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
+        .map_or(u64::MAX, |d| d.as_secs())
 }
 
 struct Root {
@@ -101,7 +103,7 @@ fn count_fetch(shared: &Shared, ok: bool) {
 }
 
 /// The fetched JWKS of provider `p`, or `None` (logged at warn: status, size or parse error).
-fn read_jwks(shared: &Shared, p: usize, body_size: usize) -> Option<Jwks> {
+fn read_jwks(shared: &Shared, p: usize, body_size: usize) -> Option<(Jwks, u64)> {
     let provider = shared.config.providers.get(p)?;
     let KeySource::Remote(r) = &provider.keys else {
         return None;
@@ -153,7 +155,7 @@ fn read_jwks(shared: &Shared, p: usize, body_size: usize) -> Option<Jwks> {
                 provider.name,
                 jwks.keys.len()
             );
-            Some(jwks)
+            Some((jwks, filter_core::hash::fnv1a(&body)))
         }
         Err(e) => {
             log!(Warn, None, "JWKS for provider {} rejected: {e}", provider.name);
@@ -232,7 +234,9 @@ impl RootContext for Root {
                 c.add(i64::try_from(n).unwrap_or(i64::MAX));
             }
         }
-        self.set_tick_period(TICK);
+        // A waiter re-queued while starting a fetch still wants one at once.
+        let wanted = shared.keys.borrow().iter().any(|k| k.wanted);
+        self.set_tick_period(if wanted { TICK_NOW } else { TICK });
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -294,14 +298,28 @@ struct Http {
 impl Context for Http {}
 
 impl HttpContext for Http {
+    fn on_log(&mut self) {
+        // The stream is ending: a request still waiting for keys must not be resumed or counted.
+        for list in self.shared.waiters.borrow_mut().iter_mut() {
+            list.retain(|w| w.id != self.id);
+        }
+    }
+
     fn on_http_request_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
         let shared = self.shared.clone();
         let cfg = &shared.config;
         let headers = self.get_http_request_headers();
-        // Only this filter says who the caller is: every client-sent copy goes first.
-        for h in &cfg.strip {
-            if headers.iter().any(|(n, _)| n == h) {
-                self.set_http_request_header(h, None);
+        // Only this filter says who the caller is: every client-sent copy goes first, also when
+        // spelt with `_` (frameworks that read `x_tollgate_subject` as `x-tollgate-subject`).
+        for (name, _) in &headers {
+            let spelt = |h: &String| {
+                h.len() == name.len()
+                    && h.bytes()
+                        .zip(name.bytes())
+                        .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+            };
+            if cfg.strip.iter().any(spelt) {
+                self.set_http_request_header(name, None);
             }
         }
         let path = headers
@@ -345,7 +363,7 @@ fn finish(id: u32, shared: &Rc<Shared>, rule: usize, found: Vec<Found>, resumed:
     };
     match decision {
         Decision::Allow { identity } => {
-            allow(shared, identity.as_deref());
+            allow(shared, &r.requires, identity.as_deref());
             if resumed && let Err(s) = hostcalls::resume_http_request() {
                 log!(Warn, Some(id), "cannot resume the request: {s:?}");
             }
@@ -414,53 +432,54 @@ fn deny(id: u32, shared: &Shared, reason: Reason) -> Action {
     Action::Pause
 }
 
-/// Sets the identity headers and filter state from the verified claims, and removes the token
-/// unless the provider forwards it.
-fn allow(shared: &Shared, identity: Option<&Verified>) {
+/// Sets the identity headers and filter state from the verified claims, and removes the tokens
+/// (of every provider the rule names that does not forward them; on an anonymous pass too, so an
+/// unverified token never reaches the upstream).
+fn allow(shared: &Shared, rule_providers: &[usize], identity: Option<&Verified>) {
     let cfg = &shared.config;
-    let Some(v) = identity else {
-        if let Some(m) = shared.metrics.borrow_mut().allowed.get("none") {
-            m.inc();
-        }
-        return;
-    };
-    let Some(provider) = cfg.providers.get(v.provider) else {
-        return;
-    };
-    if let Some(m) = shared.metrics.borrow_mut().allowed.get(&provider.name) {
+    let name = identity
+        .and_then(|v| cfg.providers.get(v.provider))
+        .map_or("none", |p| p.name.as_str());
+    if let Some(m) = shared.metrics.borrow_mut().allowed.get(name) {
         m.inc();
     }
-    for (claim, header) in &provider.claim_to_headers {
-        if let Some(value) = claims::lookup(&v.claims, claim).and_then(claims::header_value) {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, header, Some(&value));
-        }
-    }
-    for (claim, key) in &provider.claims_to_state {
-        if let Some(value) = claims::lookup(&v.claims, claim).and_then(claims::header_value) {
-            state::set(key, &value);
-        }
-    }
-    state::set(filter_core::headers::state::AUTH_PROVIDER, &provider.name);
-    if provider.forward {
-        return;
-    }
-    for (name, prefix) in &provider.from_headers {
-        let carries = hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
-            .is_some_and(|v| {
-                v.len() > prefix.len()
-                    && v.get(..prefix.len())
-                        .is_some_and(|h| h.eq_ignore_ascii_case(prefix))
-            });
-        if carries {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
-        }
-    }
-    if !provider.from_params.is_empty()
-        && let Ok(Some(path)) = hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path")
-        && let Some(stripped) = auth::without_params(&path, &provider.from_params)
+    if let Some(v) = identity
+        && let Some(provider) = cfg.providers.get(v.provider)
     {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(&stripped));
+        for (claim, header) in &provider.claim_to_headers {
+            if let Some(value) = claims::lookup(&v.claims, claim).and_then(claims::header_value) {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, header, Some(&value));
+            }
+        }
+        for (claim, key) in &provider.claims_to_state {
+            if let Some(value) = claims::lookup(&v.claims, claim).and_then(claims::header_value) {
+                state::set(key, &value);
+            }
+        }
+        state::set(filter_core::headers::state::AUTH_PROVIDER, &provider.name);
+    }
+    for provider in rule_providers.iter().filter_map(|&p| cfg.providers.get(p)) {
+        if provider.forward {
+            continue;
+        }
+        for (name, prefix) in &provider.from_headers {
+            let carries = hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+                .ok()
+                .flatten()
+                .is_some_and(|v| {
+                    v.len() > prefix.len()
+                        && v.get(..prefix.len())
+                            .is_some_and(|h| h.eq_ignore_ascii_case(prefix))
+                });
+            if carries {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+            }
+        }
+        if !provider.from_params.is_empty()
+            && let Ok(Some(path)) = hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path")
+            && let Some(stripped) = auth::without_params(&path, &provider.from_params)
+        {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(&stripped));
+        }
     }
 }

@@ -416,12 +416,16 @@ impl Jwks {
     }
 
     /// Whether any key carries `kid`.
+    /// Whether a key may carry `kid`: one with that `kid`, or one without any (as jwt_verify_lib,
+    /// a key without `kid` is tried for every token).
     pub fn has_kid(&self, kid: &str) -> bool {
-        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+        self.keys
+            .iter()
+            .any(|k| k.kid.as_deref().is_none_or(|k| k == kid))
     }
 
-    /// Verifies with the keys that may check this token: those with its `kid` (all keys when the
-    /// token names none) that fit `alg`. Unknown `kid` → [`Reason::UnknownKid`]; keys that exist
+    /// Verifies with the keys that may check this token: those with its `kid` or without any `kid`
+    /// (all keys when the token names none) that fit `alg`. Unknown `kid` → [`Reason::UnknownKid`]; keys that exist
     /// but do not fit → [`Reason::KeyMismatch`].
     pub fn verify(
         &self,
@@ -434,8 +438,8 @@ impl Jwks {
         let mut named = false;
         let mut tried = false;
         for key in &self.keys {
-            if let Some(kid) = kid
-                && key.kid.as_deref() != Some(kid)
+            if let (Some(want), Some(has)) = (kid, key.kid.as_deref())
+                && want != has
             {
                 continue;
             }

@@ -9,6 +9,8 @@ pub enum Reason {
     Missing,
     /// The token is longer than `max_token_bytes`.
     TooLarge,
+    /// More tokens in one request than `auth::MAX_TOKENS`.
+    TooManyTokens,
     /// Not three non-empty `.`-separated segments.
     Malformed,
     HeaderBase64,
@@ -53,6 +55,7 @@ impl Reason {
         match self {
             Self::Missing => "missing",
             Self::TooLarge => "too_large",
+            Self::TooManyTokens => "too_many_tokens",
             Self::Malformed => "malformed",
             Self::HeaderBase64 => "header_base64",
             Self::HeaderJson => "header_json",
@@ -79,9 +82,10 @@ impl Reason {
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::Missing,
         Self::TooLarge,
+        Self::TooManyTokens,
         Self::Malformed,
         Self::HeaderBase64,
         Self::HeaderJson,
@@ -110,6 +114,7 @@ impl Reason {
         match self {
             Self::Missing => "a bearer token is required".to_owned(),
             Self::TooLarge => "the token is larger than the gateway accepts".to_owned(),
+            Self::TooManyTokens => "the request carries more tokens than the gateway accepts".to_owned(),
             Self::Malformed => "the token is not a compact JWS (three base64url segments)".to_owned(),
             Self::HeaderBase64 => "the token header is not valid base64url".to_owned(),
             Self::HeaderJson => "the token header is not a JSON object".to_owned(),

@@ -557,7 +557,7 @@ fn remote_keys_wait_for_one_fetch_and_unknown_kids_are_rate_limited() {
     );
     assert!(!f.keys[0].due(NOW));
     let (jwks, _) = Jwks::from_value(&oct_jwks(&key, "k1"), false).unwrap();
-    f.keys[0].finished(NOW, Some(jwks));
+    f.keys[0].finished(NOW, Some((jwks, 1)));
     assert!(matches!(
         f.decide_at(&t, NOW),
         Decision::Allow { identity: Some(_) }
@@ -603,7 +603,7 @@ fn a_new_key_set_voids_cached_verifications() {
     let mut f = Fixture::with(key.clone(), cfg);
     let (jwks, _) = Jwks::from_value(&oct_jwks(&key, "k1"), false).unwrap();
     f.keys[0].started(NOW);
-    f.keys[0].finished(NOW, Some(jwks));
+    f.keys[0].finished(NOW, Some((jwks, 1)));
     let t = f.token(&claims_ok());
     assert!(matches!(
         f.decide_at(&t, NOW),
@@ -612,7 +612,7 @@ fn a_new_key_set_voids_cached_verifications() {
     // The issuer rotates k1 out.
     let (rotated, _) = Jwks::from_value(&oct_jwks(&secret(), "k2"), false).unwrap();
     f.keys[0].started(NOW + 100);
-    f.keys[0].finished(NOW + 100, Some(rotated));
+    f.keys[0].finished(NOW + 100, Some((rotated, 2)));
     assert_eq!(
         match f.decide_at(&t, NOW + 100) {
             Decision::Deny(r) => r,
@@ -803,4 +803,112 @@ fn hmac_never_asks_the_host_and_keys_without_spki_stay_in_rust() {
     );
     assert!(matches!(d, Decision::Allow { identity: Some(_) }));
     assert_eq!(asked, 0);
+}
+
+#[test]
+fn too_many_tokens_are_refused_before_any_is_decoded() {
+    let mut f = Fixture::new();
+    let rule = &f.cfg.rules[0];
+    let found: Vec<Found> = (0..=auth::MAX_TOKENS)
+        .map(|i| Found {
+            token: format!("t{i}"),
+            providers: vec![0],
+        })
+        .collect();
+    let d = auth::decide(
+        &f.cfg,
+        rule,
+        &found,
+        &mut f.keys,
+        &mut f.cache,
+        NOW,
+        &mut |_, _, _, _| None,
+    );
+    assert!(matches!(d, Decision::Deny(Reason::TooManyTokens)), "{d:?}");
+    // extract stops collecting past the cap.
+    let headers: Vec<(String, String)> = (0..100)
+        .map(|i| ("authorization".to_owned(), format!("Bearer t{i}")))
+        .collect();
+    assert_eq!(
+        auth::extract(&f.cfg, rule, &headers, "/").len(),
+        auth::MAX_TOKENS + 1
+    );
+}
+
+#[test]
+fn an_unchanged_key_document_keeps_cached_verifications() {
+    let key = secret();
+    let raw = json!({"providers": [{"name": "idp", "jwks": {"remote": {"cluster": "idp", "path": "/jwks"}}}],
+                     "rules": [{"prefix": "/", "requires": ["idp"]}]});
+    let cfg = config::compile(filter_core::config::parse(raw.to_string().as_bytes()).unwrap()).unwrap();
+    let mut f = Fixture::with(key.clone(), cfg);
+    let load = |f: &mut Fixture, at: u64, fp: u64| {
+        let (j, _) = Jwks::from_value(&oct_jwks(&key, "k1"), false).unwrap();
+        f.keys[0].started(at);
+        f.keys[0].finished(at, Some((j, fp)));
+    };
+    load(&mut f, NOW, 7);
+    let generation = f.keys[0].generation;
+    let t = f.token(&claims_ok());
+    assert!(matches!(
+        f.decide_at(&t, NOW),
+        Decision::Allow { identity: Some(_) }
+    ));
+    load(&mut f, NOW + 20, 7);
+    assert_eq!(f.keys[0].generation, generation, "same document, same generation");
+    assert!(matches!(
+        f.decide_at(&t, NOW + 20),
+        Decision::Allow { identity: Some(_) }
+    ));
+    assert_eq!(f.cache.take_counts().0, 1, "served from the cache");
+}
+
+#[test]
+fn every_provider_with_the_issuer_is_tried_and_kidless_keys_serve_any_kid() {
+    let (k1, k2) = (secret(), secret());
+    let raw = json!({"providers": [
+        {"name": "any", "jwks": {"inline": {"keys": [{"kty": "oct", "kid": "a", "k": b64(&k1)}]}}},
+        {"name": "corp", "issuer": "https://idp.example.com",
+         "jwks": {"inline": {"keys": [{"kty": "oct", "k": b64(&k2)}]}}}],
+        "rules": [{"prefix": "/", "requires": ["any", "corp"]}]});
+    let cfg = config::compile(filter_core::config::parse(raw.to_string().as_bytes()).unwrap()).unwrap();
+    let mut f = Fixture::with(k2.clone(), cfg);
+    let mut c = claims_ok();
+    c.as_object_mut().unwrap().remove("aud");
+    let t = hs256(&k2, &json!({"alg": "HS256", "kid": "rotated-name"}), &c);
+    let rule = &f.cfg.rules[0];
+    let found = vec![Found {
+        token: t,
+        providers: vec![0, 1],
+    }];
+    let d = auth::decide(
+        &f.cfg,
+        rule,
+        &found,
+        &mut f.keys,
+        &mut f.cache,
+        NOW,
+        &mut |_, _, _, _| None,
+    );
+    let Decision::Allow { identity: Some(v) } = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(v.provider, 1);
+}
+
+#[test]
+fn ambiguous_claims_stay_out_of_headers_and_fractional_nbf_rounds_up() {
+    assert_eq!(claims::header_value(&json!(["a,admin"])), None);
+    assert_eq!(claims::header_value(&json!(["a", "b"])).as_deref(), Some("a,b"));
+    let p = TimePolicy {
+        skew_s: 0,
+        require_exp: false,
+        max_lifetime_s: None,
+    };
+    let c = json!({"nbf": 100.2});
+    assert_eq!(
+        claims::check_time(c.as_object().unwrap(), 100, p),
+        Err(Reason::NotYetValid)
+    );
+    assert!(claims::check_time(c.as_object().unwrap(), 101, p).is_ok());
 }
