@@ -1,7 +1,9 @@
 //! The moderator's configuration, parsed with the failing field named and compiled once: detectors
 //! built, rule regexes compiled with a size limit (a pattern cannot exhaust the VM's memory).
 
-pub use filter_core::config::ConfigError;
+pub use filter_core::config::{ConfigError, FailureMode};
+
+use filter_core::config::SidecarConfig;
 
 use crate::detect::{Detector, Kind};
 use serde::Deserialize;
@@ -184,6 +186,53 @@ pub struct RawConfig {
     /// still caught before it goes out. Matches up to this long are guaranteed to be seen whole.
     #[serde(default = "default_holdback")]
     pub stream_holdback_bytes: usize,
+    /// Model-based categories through the sidecar's `Classify`, on the request.
+    #[serde(default)]
+    pub classify: Option<RawClassify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClassify {
+    /// A label set configured in the sidecar (`--label-sets`).
+    #[serde(default = "default_label_set")]
+    pub label_set: String,
+    #[serde(default)]
+    pub sidecar: SidecarConfig,
+    /// When the sidecar does not answer: `closed` (503, the default) or `open` (pass unclassified).
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    /// Label → threshold on its score (cosine similarity to the label's exemplars) and action.
+    pub categories: BTreeMap<String, RawThreshold>,
+    /// The text classified (the last user message) is cut to this many bytes.
+    #[serde(default = "default_classify_bytes")]
+    pub max_text_bytes: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThreshold {
+    pub threshold: f32,
+    #[serde(default = "default_block")]
+    pub action: Action,
+}
+
+fn default_label_set() -> String {
+    "moderation".to_owned()
+}
+
+fn default_classify_bytes() -> usize {
+    2000
+}
+
+#[derive(Debug)]
+pub struct Classify {
+    pub label_set: String,
+    pub sidecar: SidecarConfig,
+    pub failure_mode: FailureMode,
+    /// (label, threshold, action), in name order.
+    pub categories: Vec<(String, f32, Action)>,
+    pub max_text_bytes: usize,
 }
 
 fn default_holdback() -> usize {
@@ -205,6 +254,70 @@ pub struct Config {
     pub block_status: u32,
     pub max_body_bytes: usize,
     pub stream_holdback_bytes: usize,
+    pub classify: Option<Classify>,
+}
+
+fn compile_classify(c: RawClassify, rules: &Rules) -> Result<Classify, ConfigError> {
+    c.sidecar.validate("classify.sidecar")?;
+    if c.label_set.trim().is_empty() {
+        return Err(ConfigError::field(
+            "classify.label_set",
+            "must name a label set of the sidecar",
+        ));
+    }
+    if c.categories.is_empty() {
+        return Err(ConfigError::field(
+            "classify.categories",
+            "name at least one label",
+        ));
+    }
+    if !(16..=65_536).contains(&c.max_text_bytes) {
+        return Err(ConfigError::field(
+            "classify.max_text_bytes",
+            format!("{} is outside 16..=65536", c.max_text_bytes),
+        ));
+    }
+    let mut categories = Vec::with_capacity(c.categories.len());
+    for (name, t) in c.categories {
+        let at = format!("classify.categories.{name}");
+        let ok_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok_name {
+            return Err(ConfigError::field(
+                at,
+                "a label is 1-64 letters, digits, `-` or `_` (it names metrics)",
+            ));
+        }
+        if rules.categories.iter().any(|r| r.name == name) {
+            return Err(ConfigError::field(
+                at,
+                format!("`{name}` is also a request rule or detector"),
+            ));
+        }
+        if !(t.threshold > 0.0 && t.threshold <= 1.0) {
+            return Err(ConfigError::field(
+                format!("{at}.threshold"),
+                format!("{} is outside (0, 1]", t.threshold),
+            ));
+        }
+        if t.action == Action::Mask {
+            return Err(ConfigError::field(
+                format!("{at}.action"),
+                "a classification can block or log, not mask",
+            ));
+        }
+        categories.push((name, t.threshold, t.action));
+    }
+    Ok(Classify {
+        label_set: c.label_set,
+        sidecar: c.sidecar,
+        failure_mode: c.failure_mode,
+        categories,
+        max_text_bytes: c.max_text_bytes,
+    })
 }
 
 pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -227,9 +340,12 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    let request = compile_rules(raw.request, "request")?;
+    let classify = raw.classify.map(|c| compile_classify(c, &request)).transpose()?;
     Ok(Config {
         stream_holdback_bytes: raw.stream_holdback_bytes,
-        request: compile_rules(raw.request, "request")?,
+        classify,
+        request,
         response: compile_rules(raw.response, "response")?,
         block_status: raw.block_status,
         max_body_bytes: raw.max_body_bytes,

@@ -4,13 +4,14 @@
 //! masked or replaced by an error.
 
 use crate::body::{self, BodyError, Outcome};
-use crate::config::{self, Action as Verdict, Config, Rules};
+use crate::config::{self, Action as Verdict, Config};
 use crate::stream::Stream;
 use filter_core::{ApiError, ErrorKind, Provider, headers};
 use filter_host::body::{self as host_body, Body};
-use filter_host::metrics::Family;
+use filter_host::metrics::{Family, Metric};
 use filter_host::proxy_wasm::{self, traits::*, types::*};
 use filter_host::reply::send_error;
+use filter_host::sidecar::{self, Sidecar, v1};
 use filter_host::{log, state};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -40,6 +41,8 @@ impl Side {
 struct Metrics {
     families: Vec<((Side, Verdict), Family)>,
     invalid: Family,
+    /// Sidecar calls that failed (the request then went by `failure_mode`).
+    classify_errors: Option<Metric>,
 }
 
 impl Metrics {
@@ -52,7 +55,7 @@ impl Metrics {
                     Family::counter(
                         format!("tollgate_content_moderator_{}_{}", side.name(), action.name()),
                         "category",
-                        rules.categories.len().max(1),
+                        rules.categories.len() + cfg.classify.as_ref().map_or(0, |c| c.categories.len()) + 1,
                     ),
                 ));
             }
@@ -60,28 +63,25 @@ impl Metrics {
         Self {
             families,
             invalid: Family::counter("tollgate_content_moderator_invalid_body", "reason", 4),
+            classify_errors: Metric::counter("tollgate_content_moderator_classify_errors"),
         }
     }
 
-    fn record(&mut self, side: Side, rules: &Rules, findings: &[(usize, Verdict)]) {
-        for &(c, action) in findings {
-            let Some(name) = rules.categories.get(c).map(|c| c.name.as_str()) else {
-                continue;
-            };
-            if let Some(m) = self
-                .families
-                .iter_mut()
-                .find(|(k, _)| *k == (side, action))
-                .and_then(|(_, f)| f.get(name))
-            {
-                m.inc();
-            }
+    fn count(&mut self, side: Side, name: &str, action: Verdict) {
+        if let Some(m) = self
+            .families
+            .iter_mut()
+            .find(|(k, _)| *k == (side, action))
+            .and_then(|(_, f)| f.get(name))
+        {
+            m.inc();
         }
     }
 }
 
 struct Shared {
     config: Config,
+    sidecar: Option<Sidecar>,
     metrics: RefCell<Metrics>,
 }
 
@@ -98,6 +98,7 @@ impl RootContext for Root {
         };
         self.shared = Some(Rc::new(Shared {
             metrics: RefCell::new(Metrics::new(&config)),
+            sidecar: config.classify.as_ref().map(|c| Sidecar::new(c.sidecar.clone())),
             config,
         }));
         true
@@ -112,6 +113,7 @@ impl RootContext for Root {
             moderate_response: false,
             stream: None,
             recorded: 0,
+            classifying: false,
             replied: false,
             verdict: Vec::new(),
         }))
@@ -131,6 +133,8 @@ struct Http {
     /// A streamed response being moderated, and how many of its findings are already counted.
     stream: Option<Stream>,
     recorded: usize,
+    /// The request waits for the sidecar's `Classify`.
+    classifying: bool,
     replied: bool,
     /// `side:action:category` of every finding, for the filter-state verdict.
     verdict: Vec<String>,
@@ -242,16 +246,75 @@ impl Http {
             Side::Request => &shared.config.request,
             Side::Response => &shared.config.response,
         };
-        shared.metrics.borrow_mut().record(side, rules, findings);
         for &(c, action) in findings {
             if let Some(cat) = rules.categories.get(c) {
-                let v = format!("{}:{}:{}", side.name(), action.name(), cat.name);
-                if !self.verdict.contains(&v) {
-                    self.verdict.push(v);
-                }
+                self.note(side, &cat.name, action);
             }
         }
+    }
+
+    /// Counts one finding and adds it to the verdict in filter state.
+    fn note(&mut self, side: Side, category: &str, action: Verdict) {
+        self.shared.metrics.borrow_mut().count(side, category, action);
+        let v = format!("{}:{}:{category}", side.name(), action.name());
+        if !self.verdict.contains(&v) {
+            self.verdict.push(v);
+        }
         state::set(headers::state::MODERATION, &self.verdict_text());
+    }
+
+    /// Asks the sidecar to classify the last user message; `Some(action)` to return from the body
+    /// callback.
+    fn classify(&mut self, provider: Provider, body: &[u8]) -> Option<Action> {
+        let shared = self.shared.clone();
+        let (Some(c), Some(sidecar)) = (&shared.config.classify, &shared.sidecar) else {
+            return None;
+        };
+        let text = filter_core::api::Request::parse(provider, body)
+            .ok()
+            .and_then(|r| filter_core::prompt::last_user_text(&r))?;
+        let mut cut = text.len().min(c.max_text_bytes);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let text = text.get(..cut).unwrap_or_default();
+        if text.trim().is_empty() {
+            return None;
+        }
+        match sidecar.classify(&c.label_set, text.to_owned()) {
+            Ok(_) => {
+                self.classifying = true;
+                Some(Action::Pause)
+            }
+            Err(e) => self.classify_failed(&e.to_string(), false),
+        }
+    }
+
+    /// The sidecar did not answer: `failure_mode` decides. `resume`: the request is paused.
+    fn classify_failed(&mut self, why: &str, resume: bool) -> Option<Action> {
+        let shared = self.shared.clone();
+        if let Some(m) = shared.metrics.borrow().classify_errors {
+            m.inc();
+        }
+        log!(Warn, Some(self.id), "classification unavailable: {why}");
+        let open = shared
+            .config
+            .classify
+            .as_ref()
+            .is_some_and(|c| c.failure_mode == config::FailureMode::Open);
+        if open {
+            self.verdict.push("request:classify:unavailable".to_owned());
+            state::set(headers::state::MODERATION, &self.verdict_text());
+            if resume {
+                let _ = proxy_wasm::hostcalls::resume_http_request();
+            }
+            return None;
+        }
+        Some(self.reply(&ApiError::new(
+            ErrorKind::Unavailable,
+            "moderation_unavailable",
+            "content moderation is unavailable; the request was not sent",
+        )))
     }
 
     fn verdict_text(&self) -> String {
@@ -295,7 +358,45 @@ impl Http {
     }
 }
 
-impl Context for Http {}
+impl Context for Http {
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, size: usize) {
+        if !self.classifying {
+            return;
+        }
+        self.classifying = false;
+        let r = match sidecar::reply::<v1::ClassifyResponse>(status_code, size) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.classify_failed(&e.to_string(), true);
+                return;
+            }
+        };
+        let shared = self.shared.clone();
+        let Some(c) = &shared.config.classify else { return };
+        let mut block = None;
+        for (label, threshold, action) in &c.categories {
+            let score = r
+                .scores
+                .iter()
+                .find(|s| s.label == *label)
+                .map_or(f32::MIN, |s| s.score);
+            if score >= *threshold {
+                self.note(Side::Request, label, *action);
+                if *action == Verdict::Block && block.is_none() {
+                    block = Some(label.clone());
+                }
+            }
+        }
+        match block {
+            Some(label) => {
+                let _ = self.block(Side::Request, &label);
+            }
+            None => {
+                let _ = proxy_wasm::hostcalls::resume_http_request();
+            }
+        }
+    }
+}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
@@ -304,7 +405,7 @@ impl HttpContext for Http {
         if self.provider.is_none() || end_of_stream {
             return Action::Continue;
         }
-        if self.shared.config.request.categories.is_empty() {
+        if self.shared.config.request.categories.is_empty() && self.shared.config.classify.is_none() {
             self.request_done = true;
             return Action::Continue;
         }
@@ -336,8 +437,10 @@ impl HttpContext for Http {
             Body::Complete(b) => {
                 self.request_done = true;
                 let outcome = body::request(&shared.config.request, provider, &b);
-                self.apply(Side::Request, outcome, BufferType::HttpRequestBody, b.len())
-                    .unwrap_or(Action::Continue)
+                if let Some(a) = self.apply(Side::Request, outcome, BufferType::HttpRequestBody, b.len()) {
+                    return a;
+                }
+                self.classify(provider, &b).unwrap_or(Action::Continue)
             }
         }
     }

@@ -45,6 +45,16 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     })
 }
 
+/// What a filter does when a dependency (the sidecar) does not answer in time: let the request
+/// through without that check (`open`), or refuse it with 503 (`closed`, the default).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    Open,
+    #[default]
+    Closed,
+}
+
 /// Where a filter reaches the inference sidecar: an Envoy cluster (HTTP/2, see
 /// `envoy/envoy.yaml`, cluster `inference_sidecar`) and a deadline per call.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]

@@ -1,6 +1,7 @@
 //! The token counter's configuration: parsed with the failing field named, then compiled once in
 //! `on_configure` (model lookup table, budget rules) and shared by every request of the VM.
 
+pub use filter_core::config::FailureMode;
 use filter_core::config::{ConfigError, SidecarConfig};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -168,14 +169,6 @@ pub enum Backend {
     SharedData,
     /// The sidecar's `Budget` service (on Redis with `--redis-url`): shared by every replica.
     Sidecar,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureMode {
-    Open,
-    #[default]
-    Closed,
 }
 
 #[derive(Debug, Deserialize)]

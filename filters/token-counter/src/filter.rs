@@ -548,7 +548,10 @@ impl Http {
             let _ = self.reject_budget();
         } else {
             self.forwarded = true;
-            self.resume_http_request();
+            // The SDK's `resume_http_request` unwraps; a host error must not kill the VM.
+            if let Err(s) = proxy_wasm::hostcalls::resume_http_request() {
+                log!(Warn, Some(self.id), "cannot resume the request: {s:?}");
+            }
         }
     }
 
