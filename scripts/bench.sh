@@ -5,7 +5,8 @@
 # the count cache on a 20-turn conversation; JSON in .cache/bench/token-counter.json);
 # `prompt-templater` (templated requests vs bare Envoy given the rendered messages, same run);
 # `jwt-auth` (bare Envoy vs Envoy's native jwt_authn vs the filter, same key and token, RS256 and
-# ES256, verified-token caches off and on).
+# ES256, verified-token caches off and on); `content-moderator` (1 KB / 32 KB prompts and a
+# streamed reply with every detector on, vs bare Envoy).
 # Run all: scripts/bench.sh; one: scripts/bench.sh token-counter.
 # Results print as Markdown; they are measurements of this machine, not assertions.
 # TOLLGATE_BENCH_SIDECAR_ARGS adds flags to the benchmarked sidecar (e.g. "--workers 1").
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(sidecar token-counter prompt-templater jwt-auth)
+[ ${#sections[@]} -gt 0 ] || sections=(sidecar token-counter prompt-templater jwt-auth content-moderator)
 step() { printf '\n\033[1m[bench]\033[0m %s\n' "$*"; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
@@ -72,6 +73,15 @@ bench_jwt_auth() {
   target/release/bench-jwt-auth --seconds "${TOLLGATE_BENCH_SECONDS:-5}" --json "$run/jwt-auth.json"
 }
 
+bench_content_moderator() {
+  need_wrk
+  step "build: wasm filters and the benchmark driver (release)"
+  cargo wasm -q
+  cargo build -q --release -p integration-tests --bin bench-content-moderator
+  step "content-moderator: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  target/release/bench-content-moderator --seconds "${TOLLGATE_BENCH_SECONDS:-5}" --json "$run/content-moderator.json"
+}
+
 bench_token_counter() {
   need_wrk
   step "build: wasm filters and the benchmark driver (release)"
@@ -87,6 +97,7 @@ for s in "${sections[@]}"; do
     token-counter) bench_token_counter ;;
     prompt-templater) bench_prompt_templater ;;
     jwt-auth) bench_jwt_auth ;;
-    *) echo "unknown section: $s (known: sidecar, token-counter, prompt-templater, jwt-auth)" >&2; exit 2 ;;
+    content-moderator) bench_content_moderator ;;
+    *) echo "unknown section: $s (known: sidecar, token-counter, prompt-templater, jwt-auth, content-moderator)" >&2; exit 2 ;;
   esac
 done

@@ -64,7 +64,7 @@ impl Kind {
         self.name().to_ascii_uppercase()
     }
 
-    fn pattern(self) -> &'static str {
+    pub(crate) fn pattern(self) -> &'static str {
         match self {
             Self::Email => r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}",
             // International (`+` and 8–15 digits, E.164) or North American (10 digits).

@@ -23,6 +23,11 @@ pub fn scan(rules: &Rules, text: &str) -> Vec<Finding> {
         return Vec::new();
     }
     let n = Normalized::new(text);
+    // One pass says which categories can match; clean text stops here.
+    let hits = rules.set.as_ref().map(|set| set.matches(&n.text));
+    if hits.as_ref().is_some_and(|h| !h.matched_any()) {
+        return Vec::new();
+    }
     let mut allowed: Vec<(usize, usize)> = Vec::new();
     for a in &rules.allow {
         allowed.extend(a.find_iter(&n.text).map(|m| (m.start(), m.end())));
@@ -30,6 +35,9 @@ pub fn scan(rules: &Rules, text: &str) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut ranges = Vec::new();
     for (i, c) in rules.categories.iter().enumerate() {
+        if hits.as_ref().is_some_and(|h| !h.matched(i)) {
+            continue;
+        }
         ranges.clear();
         match &c.matcher {
             Matcher::Detector(d) => d.find(&n.text, &mut ranges),

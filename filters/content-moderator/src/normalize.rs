@@ -25,10 +25,21 @@ pub struct Normalized {
     spans: Vec<(u32, u32, u32)>,
     /// Length of the original text.
     original_len: u32,
+    /// ASCII input: the text is the original and offsets map to themselves.
+    identity: bool,
 }
 
 impl Normalized {
     pub fn new(original: &str) -> Self {
+        // Most text is ASCII: nothing to fold, offsets are the identity.
+        if original.is_ascii() {
+            return Self {
+                text: original.to_owned(),
+                spans: Vec::new(),
+                original_len: original.len() as u32,
+                identity: true,
+            };
+        }
         let mut text = String::with_capacity(original.len());
         let mut spans = Vec::with_capacity(original.len());
         for (i, c) in original.char_indices() {
@@ -53,11 +64,16 @@ impl Normalized {
             text,
             spans,
             original_len: original.len() as u32,
+            identity: false,
         }
     }
 
     /// The original byte range covering normalised bytes `start..end` (a match's range).
     pub fn original_range(&self, start: usize, end: usize) -> (usize, usize) {
+        let len = self.original_len as usize;
+        if self.identity && start < end && end <= len {
+            return (start, end);
+        }
         if self.spans.is_empty() || start >= end {
             return (self.original_len as usize, self.original_len as usize);
         }
