@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the Tollgate demo in the foreground: installs and builds what is missing, starts the mock
 # LLM upstream, the inference sidecar and Envoy with envoy/envoy.yaml plus the landed filters
-# (envoy/filters/*.yaml: prompt-templater, token-counter), prints requests to paste.
+# (envoy/filters/*.yaml: prompt-templater, content-moderator, token-counter), prints requests to paste.
 # Ctrl-C stops everything. Ports: TOLLGATE_PORT (10000), TOLLGATE_ADMIN_PORT (9901),
 # TOLLGATE_UPSTREAM_PORT (8081), TOLLGATE_SIDECAR_PORT (50051), TOLLGATE_SIDECAR_METRICS_PORT (9464).
 set -euo pipefail
@@ -27,7 +27,7 @@ sed -e "s/port_value: 10000\$/port_value: $PORT/" \
     -e "s/port_value: 50051\$/port_value: $SIDECAR_PORT/" envoy/envoy.yaml >"$run/envoy.yaml"
 # The filters that have landed, from their snippets in envoy/filters/, in the chain's order, just
 # before the router.
-python3 - "$run/envoy.yaml" "$PWD" envoy/filters/prompt-templater.yaml envoy/filters/token-counter.yaml <<'PY'
+python3 - "$run/envoy.yaml" "$PWD" envoy/filters/prompt-templater.yaml envoy/filters/content-moderator.yaml envoy/filters/token-counter.yaml <<'PY'
 import sys
 path, root, snippets = sys.argv[1], sys.argv[2], sys.argv[3:]
 router = "                  - name: envoy.filters.http.router\n"
@@ -93,6 +93,14 @@ Try, in another terminal:
   curl -s $GW/v1/chat/completions -H 'content-type: application/json' \\
     -d '{"model":"gpt-4o-mini","tollgate_template":{"id":"support-answer","variables":{"product":"toasters","question":"hi"}}}'
 
+  # A secret in a prompt is blocked (the error names the category, never the text)
+  curl -s $GW/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"deploy with AKIAIOSFODNN7EXAMPLE"}]}'
+
+  # Personal data is masked before the provider sees it (the echo shows what it received)
+  curl -s $GW/v1/chat/completions -H 'content-type: application/json' -H 'x-mock-echo: 1' \\
+    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"My card is 4111 1111 1111 1111, mail me at jane@example.com"}]}'
+
   # Prompt + max_tokens over gpt-4o's 128000-token context: 400 before the provider is called
   curl -s $GW/v1/chat/completions -H 'content-type: application/json' \\
     -d '{"model":"gpt-4o","max_tokens":130000,"messages":[{"role":"user","content":"Hello"}]}'
@@ -112,8 +120,9 @@ Try, in another terminal:
   # Gateway metrics: requests, and tokens and cost per model
   curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep 'downstream_rq_xx{.*prefix="tollgate"'
   curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep '^tollgate_token_counter'
+  curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep '^tollgate_content_moderator'
 
-  # The access log has the per-request AI fields (model, tokens, cost)
+  # The access log has the per-request AI fields (model, tokens, cost, moderation verdict)
   tail -n 3 $run/access.log
 
   # Envoy's gRPC health checks of the inference sidecar, and the sidecar's own metrics
