@@ -688,6 +688,23 @@ async fn token_locations_forwarding_and_the_allow_flags() {
     );
     assert_eq!(mock.journal.last().unwrap().header("x-tollgate-subject"), None);
     assert_eq!(
+        mock.journal.last().unwrap().header("x-api-token"),
+        None,
+        "an unverified token is not forwarded"
+    );
+    // A flood of tokens in the query is refused before any is decoded.
+    let flood: String = (0..500).map(|i| format!("access_token=t{i}&")).collect();
+    let r = client
+        .post_json(&envoy.url(&format!("{CHAT}?{flood}")), &[], &chat())
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, code(&r)),
+        (401, "too_many_tokens".to_owned()),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
         envoy.stat("wasmcustom.tollgate_jwt_auth_allowed.provider.none"),
         Some(2)
     );

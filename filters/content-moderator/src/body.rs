@@ -6,6 +6,7 @@ use crate::config::{Action, Rules};
 use crate::moderate::{self, Finding};
 use filter_core::api::{Provider, Request, anthropic, openai};
 use filter_core::prompt;
+use serde_json::Value;
 
 /// What moderation decided for a body.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -45,14 +46,90 @@ fn scan_texts<'a>(rules: &Rules, texts: impl Iterator<Item = &'a str>) -> (Vec<V
     (per_text, out)
 }
 
+/// Every string inside a JSON value (tool inputs and schemas), in document order.
+fn json_strings<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(items) => items.iter().for_each(|i| json_strings(i, out)),
+        Value::Object(m) => m.values().for_each(|i| json_strings(i, out)),
+        _ => {}
+    }
+}
+
+fn json_strings_mut<'a>(v: &'a mut Value, out: &mut Vec<&'a mut String>) {
+    match v {
+        Value::String(s) => out.push(s),
+        Value::Array(items) => items.iter_mut().for_each(|i| json_strings_mut(i, out)),
+        Value::Object(m) => m.values_mut().for_each(|i| json_strings_mut(i, out)),
+        _ => {}
+    }
+}
+
+/// What the model reads beyond `filter_core::prompt`'s segments: tool definitions (both APIs) and
+/// the inputs of earlier Anthropic `tool_use` blocks. Same order as [`extras_mut`].
+fn extras(req: &Request) -> Vec<&str> {
+    let mut out = Vec::new();
+    match req {
+        Request::Chat(r) => r.tools.iter().flatten().for_each(|t| json_strings(t, &mut out)),
+        Request::Messages(r) => {
+            r.tools.iter().flatten().for_each(|t| json_strings(t, &mut out));
+            for m in &r.messages {
+                if let anthropic::Content::Blocks(blocks) = &m.content {
+                    for b in blocks.iter().filter(|b| b.kind == "tool_use") {
+                        if let Some(input) = b.extra.get("input") {
+                            json_strings(input, &mut out);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+fn extras_mut(req: &mut Request) -> Vec<&mut String> {
+    let mut out = Vec::new();
+    match req {
+        Request::Chat(r) => r
+            .tools
+            .iter_mut()
+            .flatten()
+            .for_each(|t| json_strings_mut(t, &mut out)),
+        Request::Messages(r) => {
+            r.tools
+                .iter_mut()
+                .flatten()
+                .for_each(|t| json_strings_mut(t, &mut out));
+            for m in &mut r.messages {
+                if let anthropic::Content::Blocks(blocks) = &mut m.content {
+                    for b in blocks.iter_mut().filter(|b| b.kind == "tool_use") {
+                        if let Some(input) = b.extra.get_mut("input") {
+                            json_strings_mut(input, &mut out);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
 pub fn request(rules: &Rules, provider: Provider, body: &[u8]) -> Result<Outcome, BodyError> {
+    let mut req = Request::parse(provider, body).map_err(|e| invalid(&e))?;
     if rules.categories.is_empty() {
         return Ok(Outcome::default());
     }
-    let mut req = Request::parse(provider, body).map_err(|e| invalid(&e))?;
     let segments = prompt::segments(&req);
-    let (per_text, mut out) = scan_texts(rules, segments.iter().map(|s| s.text));
+    let extra = extras(&req);
+    let (per_text, mut out) = scan_texts(
+        rules,
+        segments.iter().map(|s| s.text).chain(extra.iter().copied()),
+    );
+    let n_segments = segments.len();
     drop(segments);
+    drop(extra);
     if out.blocked.is_some() || !out.findings.iter().any(|(_, a)| *a == Action::Mask) {
         return Ok(out);
     }
@@ -63,6 +140,11 @@ pub fn request(rules: &Rules, provider: Provider, body: &[u8]) -> Result<Outcome
         }
         k += 1;
     });
+    mask(
+        &out,
+        per_text.get(n_segments..).unwrap_or_default(),
+        extras_mut(&mut req).into_iter(),
+    );
     out.body = Some(req.to_vec().map_err(|e| BodyError::Serialize(e.to_string()))?);
     Ok(out)
 }
@@ -76,12 +158,31 @@ pub fn response(rules: &Rules, provider: Provider, body: &[u8]) -> Result<Outcom
     match provider {
         Provider::Anthropic => {
             let mut r: anthropic::MessagesResponse = serde_json::from_slice(body).map_err(|e| invalid(&e))?;
-            let (per_text, mut out) = scan_texts(rules, r.content.iter().filter_map(|b| b.text.as_deref()));
-            if mask(
-                &out,
-                &per_text,
-                r.content.iter_mut().filter_map(|b| b.text.as_mut()),
-            ) {
+            // Text, thinking, and the input of tool calls.
+            let mut texts: Vec<&str> = Vec::new();
+            for b in &r.content {
+                if let Some(t) = &b.text {
+                    texts.push(t);
+                }
+                for (key, v) in &b.extra {
+                    if key == "thinking" || key == "input" {
+                        json_strings(v, &mut texts);
+                    }
+                }
+            }
+            let (per_text, mut out) = scan_texts(rules, texts.into_iter());
+            let mut texts_mut: Vec<&mut String> = Vec::new();
+            for b in &mut r.content {
+                if let Some(t) = &mut b.text {
+                    texts_mut.push(t);
+                }
+                for (key, v) in b.extra.iter_mut() {
+                    if key == "thinking" || key == "input" {
+                        json_strings_mut(v, &mut texts_mut);
+                    }
+                }
+            }
+            if mask(&out, &per_text, texts_mut.into_iter()) {
                 out.body = Some(ser(serde_json::to_vec(&r))?);
             }
             Ok(out)
@@ -89,9 +190,9 @@ pub fn response(rules: &Rules, provider: Provider, body: &[u8]) -> Result<Outcom
         Provider::OpenAiChat | Provider::OpenAiCompletions => {
             let mut r: openai::ChatCompletionResponse =
                 serde_json::from_slice(body).map_err(|e| invalid(&e))?;
-            let texts: Vec<String> = r.texts_mut().map(|t| t.clone()).collect();
+            let texts: Vec<String> = r.texts_mut().into_iter().map(|t| t.clone()).collect();
             let (per_text, mut out) = scan_texts(rules, texts.iter().map(String::as_str));
-            if mask(&out, &per_text, r.texts_mut()) {
+            if mask(&out, &per_text, r.texts_mut().into_iter()) {
                 out.body = Some(ser(serde_json::to_vec(&r))?);
             }
             Ok(out)
@@ -189,6 +290,35 @@ mod tests {
     }
 
     #[test]
+    fn tool_definitions_tool_inputs_and_tool_call_outputs_are_read() {
+        let r = rules(json!({"detectors": {"email": {"action": "mask"}}}));
+        let body = json!({"model": "claude", "max_tokens": 10,
+            "tools": [{"name": "mail", "description": "Sends mail as ops@corp.example", "input_schema": {"type": "object"}}],
+            "messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "mail",
+                                                            "input": {"to": ["eve@x.example"]}}]}]});
+        let out = request(&r, Provider::Anthropic, body.to_string().as_bytes()).unwrap();
+        let v: Value = serde_json::from_slice(&out.body.unwrap()).unwrap();
+        assert_eq!(v["tools"][0]["description"], "Sends mail as [EMAIL]");
+        assert_eq!(v["messages"][0]["content"][0]["input"]["to"][0], "[EMAIL]");
+        let resp = json!({"id": "x", "object": "chat.completion", "model": "m", "choices": [{"index": 0,
+            "message": {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+                "function": {"name": "send", "arguments": "{\"to\":\"bob@example.com\"}"}}]}, "finish_reason": "tool_calls"}]});
+        let out = response(&r, Provider::OpenAiChat, resp.to_string().as_bytes()).unwrap();
+        let v: Value = serde_json::from_slice(&out.body.unwrap()).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"to\":\"[EMAIL]\"}"
+        );
+        let an = json!({"id": "x", "type": "message", "model": "m", "content": [
+            {"type": "thinking", "thinking": "mail bob@example.com", "signature": "s"},
+            {"type": "tool_use", "id": "t", "name": "mail", "input": {"to": "bob@example.com"}}]});
+        let out = response(&r, Provider::Anthropic, an.to_string().as_bytes()).unwrap();
+        let v: Value = serde_json::from_slice(&out.body.unwrap()).unwrap();
+        assert_eq!(v["content"][0]["thinking"], "mail [EMAIL]");
+        assert_eq!(v["content"][1]["input"]["to"], "[EMAIL]");
+    }
+
+    #[test]
     fn bad_bodies_are_errors_not_panics() {
         let r = rules(json!({"detectors": {"email": {"action": "mask"}}}));
         for body in [&b"{not json"[..], b"\xff\xfe", b"[]", &[b'['; 10_000][..]] {
@@ -206,9 +336,17 @@ mod tests {
             request(&r, Provider::OpenAiChat, deep.as_bytes()),
             Err(BodyError::Invalid(_))
         ));
-        // No rules: the body is not even parsed.
-        assert_eq!(
+        // Without rules (classification only), a body that cannot be read is still refused.
+        assert!(matches!(
             request(&Rules::default(), Provider::OpenAiChat, b"{not json"),
+            Err(BodyError::Invalid(_))
+        ));
+        assert_eq!(
+            request(
+                &Rules::default(),
+                Provider::OpenAiChat,
+                br#"{"model":"m","messages":[]}"#
+            ),
             Ok(Outcome::default())
         );
     }

@@ -213,6 +213,18 @@ pub struct RawConfig {
     /// Model-based categories through the sidecar's `Classify`, on the request.
     #[serde(default)]
     pub classify: Option<RawClassify>,
+    /// A request with a body on a path whose API the filter cannot read (`/v1/responses`,
+    /// `/v1/files`…): `reject` (400, the default: what cannot be read is not sent) or `pass`.
+    #[serde(default)]
+    pub unknown_apis: UnknownApis,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownApis {
+    #[default]
+    Reject,
+    Pass,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,6 +291,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub stream_holdback_bytes: usize,
     pub classify: Option<Classify>,
+    pub unknown_apis: UnknownApis,
 }
 
 fn compile_classify(c: RawClassify, rules: &Rules) -> Result<Classify, ConfigError> {
@@ -369,6 +382,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         stream_holdback_bytes: raw.stream_holdback_bytes,
         classify,
+        unknown_apis: raw.unknown_apis,
         request,
         response: compile_rules(raw.response, "response")?,
         block_status: raw.block_status,

@@ -89,31 +89,78 @@ impl Kind {
         }
     }
 
-    /// The check after the regex: `true` keeps the candidate.
-    fn valid(self, m: &str) -> bool {
+    /// The check after the regex: the part of the candidate `m` that is a real finding, if any.
+    /// When the whole candidate fails, the formats whose pattern can swallow a neighbour (an
+    /// expiry date after a card number, a word after an IBAN, a `:` before an IPv6 address) try
+    /// the candidate's parts.
+    fn accept(self, m: &str) -> Option<(usize, usize)> {
+        let whole = (0, m.len());
         match self {
-            Self::PaymentCard => {
-                let digits: Vec<u32> = m.chars().filter_map(|c| c.to_digit(10)).collect();
+            Self::PaymentCard => longest_group_run(m, |s| {
+                let digits: Vec<u32> = s.chars().filter_map(|c| c.to_digit(10)).collect();
                 (13..=19).contains(&digits.len()) && luhn(&digits)
-            }
-            Self::UsSsn => ssn_ok(m),
-            Self::Iban => iban_ok(m),
+            }),
+            Self::Iban => longest_group_run(m, iban_ok),
+            Self::UsSsn => ssn_ok(m).then_some(whole),
             Self::Ipv6 => {
-                m.matches(':').count() >= 2
-                    && m.chars().any(|c| c.is_ascii_hexdigit())
-                    && m.parse::<Ipv6Addr>().is_ok()
+                let ok = |s: &str| {
+                    s.matches(':').count() >= 2
+                        && s.chars().any(|c| c.is_ascii_hexdigit())
+                        && s.parse::<Ipv6Addr>().is_ok()
+                };
+                if ok(m) {
+                    Some(whole)
+                } else {
+                    (1..m.len().min(3))
+                        .find(|&k| m.get(k..).is_some_and(ok))
+                        .map(|k| (k, m.len()))
+                }
             }
             Self::Phone => {
                 let n = m.chars().filter(char::is_ascii_digit).count();
-                if m.starts_with('+') {
+                let ok = if m.starts_with('+') {
                     (8..=15).contains(&n)
                 } else {
                     n == 10
-                }
+                };
+                ok.then_some(whole)
             }
-            _ => true,
+            _ => Some(whole),
         }
     }
+}
+
+/// The longest run of whole space- or dash-separated groups of `m` (leftmost first) that `ok`
+/// accepts.
+fn longest_group_run(m: &str, ok: impl Fn(&str) -> bool) -> Option<(usize, usize)> {
+    if ok(m) {
+        return Some((0, m.len()));
+    }
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    let mut start = None;
+    for (i, c) in m.char_indices() {
+        match (c == ' ' || c == '-', start) {
+            (true, Some(s)) => {
+                groups.push((s, i));
+                start = None;
+            }
+            (false, None) => start = Some(i),
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        groups.push((s, m.len()));
+    }
+    let n = groups.len();
+    for len in (1..n).rev() {
+        for first in 0..=(n - len) {
+            let (a, b) = (groups.get(first)?.0, groups.get(first + len - 1)?.1);
+            if m.get(a..b).is_some_and(&ok) {
+                return Some((a, b));
+            }
+        }
+    }
+    None
 }
 
 /// Luhn checksum over the digits, most significant first.
@@ -182,8 +229,8 @@ impl Detector {
     /// Byte ranges of valid matches in `text`.
     pub fn find(&self, text: &str, out: &mut Vec<(usize, usize)>) {
         for m in self.regex.find_iter(text) {
-            if self.kind.valid(m.as_str()) {
-                out.push((m.start(), m.end()));
+            if let Some((a, b)) = self.kind.accept(m.as_str()) {
+                out.push((m.start() + a, m.start() + b));
             }
         }
     }

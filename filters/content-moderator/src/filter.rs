@@ -62,7 +62,7 @@ impl Metrics {
         }
         Self {
             families,
-            invalid: Family::counter("tollgate_content_moderator_invalid_body", "reason", 4),
+            invalid: Family::counter("tollgate_content_moderator_invalid_body", "side", 2),
             classify_errors: Metric::counter("tollgate_content_moderator_classify_errors"),
         }
     }
@@ -251,6 +251,7 @@ impl Http {
                 self.note(side, &cat.name, action);
             }
         }
+        self.publish();
     }
 
     /// Counts one finding and adds it to the verdict in filter state.
@@ -260,6 +261,10 @@ impl Http {
         if !self.verdict.contains(&v) {
             self.verdict.push(v);
         }
+    }
+
+    /// Puts the verdict in filter state (once per callback, after its findings are noted).
+    fn publish(&self) {
         state::set(headers::state::MODERATION, &self.verdict_text());
     }
 
@@ -270,14 +275,20 @@ impl Http {
         let (Some(c), Some(sidecar)) = (&shared.config.classify, &shared.sidecar) else {
             return None;
         };
-        let text = filter_core::api::Request::parse(provider, body)
-            .ok()
-            .and_then(|r| filter_core::prompt::last_user_text(&r))?;
-        let mut cut = text.len().min(c.max_text_bytes);
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
+        let Ok(req) = filter_core::api::Request::parse(provider, body) else {
+            // body::request read it already; unreachable in practice, refused all the same.
+            return Some(self.reply(&ApiError::invalid_request(
+                "invalid_request_body",
+                "the request body could not be read",
+            )));
+        };
+        let text = turn_input(&req);
+        // The end of the input is kept: an injection is most often appended.
+        let mut start = text.len().saturating_sub(c.max_text_bytes);
+        while !text.is_char_boundary(start) {
+            start += 1;
         }
-        let text = text.get(..cut).unwrap_or_default();
+        let text = text.get(start..).unwrap_or_default();
         if text.trim().is_empty() {
             return None;
         }
@@ -304,7 +315,7 @@ impl Http {
             .is_some_and(|c| c.failure_mode == config::FailureMode::Open);
         if open {
             self.verdict.push("request:classify:unavailable".to_owned());
-            state::set(headers::state::MODERATION, &self.verdict_text());
+            self.publish();
             if resume {
                 let _ = proxy_wasm::hostcalls::resume_http_request();
             }
@@ -339,7 +350,9 @@ impl Http {
         let blocked = stream.blocked;
         self.recorded += new.len();
         if let Err(s) = host_body::replace(BufferType::HttpResponseBody, body_size, &out) {
+            // The unmoderated chunk must not go out: drop it.
             log!(Error, Some(self.id), "cannot rewrite a streamed chunk: {s:?}");
+            let _ = host_body::replace(BufferType::HttpResponseBody, body_size, &[]);
         }
         if !new.is_empty() {
             self.record(Side::Response, &new);
@@ -387,6 +400,7 @@ impl Context for Http {
                 }
             }
         }
+        self.publish();
         match block {
             Some(label) => {
                 let _ = self.block(Side::Request, &label);
@@ -402,7 +416,22 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
         let path = self.get_http_request_header(":path").unwrap_or_default();
         self.provider = Provider::from_path(&path);
-        if self.provider.is_none() || end_of_stream {
+        if self.provider.is_none() {
+            let unknown_with_body =
+                !end_of_stream && self.shared.config.unknown_apis == config::UnknownApis::Reject;
+            if unknown_with_body {
+                return self.reply(&ApiError::invalid_request(
+                    "unsupported_api",
+                    "the content moderator cannot read requests to this API, so they are not sent",
+                ));
+            }
+            return Action::Continue;
+        }
+        if !self.shared.config.response.categories.is_empty() {
+            // Compressed responses cannot be read: ask the provider for identity encoding.
+            self.set_http_request_header("accept-encoding", None);
+        }
+        if end_of_stream {
             return Action::Continue;
         }
         if self.shared.config.request.categories.is_empty() && self.shared.config.classify.is_none() {
@@ -464,9 +493,23 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         let status = self.get_http_response_header(":status").unwrap_or_default();
-        let content_type = self.get_http_response_header("content-type").unwrap_or_default();
         if status != "200" {
             return Action::Continue;
+        }
+        let content_type = self
+            .get_http_response_header("content-type")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let encoded = self
+            .get_http_response_header("content-encoding")
+            .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+        if encoded {
+            // The filter asked for identity; a compressed answer cannot be checked, so it is not passed.
+            return self.reply(&ApiError::new(
+                ErrorKind::Unavailable,
+                "unreadable_response",
+                "the provider's response is compressed and could not be read for moderation",
+            ));
         }
         if content_type.starts_with("text/event-stream") {
             // Events pass as they come, rewritten; their length changes.
@@ -477,12 +520,23 @@ impl HttpContext for Http {
             self.set_http_response_header("content-length", None);
             return Action::Continue;
         }
-        if !content_type.starts_with("application/json") {
-            return Action::Continue;
-        }
+        // Anything else on an LLM API path must be the API's JSON, or it is refused when read.
         self.moderate_response = true;
         self.set_http_response_header("content-length", None);
         Action::Pause
+    }
+
+    fn on_http_response_trailers(&mut self, _n: usize) -> Action {
+        if self.moderate_response && !self.replied {
+            // The buffered JSON would be released unchecked with the trailers.
+            self.moderate_response = false;
+            return self.reply(&ApiError::new(
+                ErrorKind::Unavailable,
+                "unreadable_response",
+                "responses with trailers cannot be moderated",
+            ));
+        }
+        Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -520,4 +574,27 @@ impl HttpContext for Http {
             }
         }
     }
+}
+
+/// The new input of this turn: every user and tool text after the last assistant message (the
+/// whole input for completions and embeddings), joined by newlines.
+fn turn_input(req: &filter_core::api::Request) -> String {
+    use filter_core::prompt::{Role, segments};
+    let segs = segments(req);
+    let last_assistant = segs
+        .iter()
+        .filter(|s| s.role == Role::Assistant)
+        .filter_map(|s| s.message)
+        .max();
+    let mut out = String::new();
+    for s in segs.iter().filter(|s| matches!(s.role, Role::User | Role::Tool)) {
+        if last_assistant.is_some_and(|a| s.message.is_some_and(|m| m <= a)) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(s.text);
+    }
+    out
 }

@@ -28,10 +28,23 @@ pub fn scan(rules: &Rules, text: &str) -> Vec<Finding> {
     if hits.as_ref().is_some_and(|h| !h.matched_any()) {
         return Vec::new();
     }
+    // Allowed ranges, merged and sorted, so each finding is checked with one binary search.
     let mut allowed: Vec<(usize, usize)> = Vec::new();
     for a in &rules.allow {
         allowed.extend(a.find_iter(&n.text).map(|m| (m.start(), m.end())));
     }
+    allowed.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(allowed.len());
+    for (a, b) in allowed {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    let is_allowed = |s: usize, e: usize| {
+        let i = merged.partition_point(|&(a, _)| a <= s);
+        i > 0 && merged.get(i - 1).is_some_and(|&(_, b)| e <= b)
+    };
     let mut findings = Vec::new();
     let mut ranges = Vec::new();
     for (i, c) in rules.categories.iter().enumerate() {
@@ -44,7 +57,7 @@ pub fn scan(rules: &Rules, text: &str) -> Vec<Finding> {
             Matcher::Rule(re) => ranges.extend(re.find_iter(&n.text).map(|m| (m.start(), m.end()))),
         }
         for &(s, e) in &ranges {
-            if s == e || allowed.iter().any(|&(a, b)| a <= s && e <= b) {
+            if s == e || is_allowed(s, e) {
                 continue;
             }
             let (start, end) = n.original_range(s, e);
@@ -90,16 +103,23 @@ pub fn first_block(findings: &[Finding]) -> Option<&Finding> {
 }
 
 /// `text` with every `mask` finding replaced; overlapping findings are merged into the first
-/// (earliest, then longest). `None` when nothing is masked.
+/// (earliest, then longest), which then covers the union. `None` when nothing is masked.
 pub fn apply_masks(text: &str, findings: &[Finding]) -> Option<String> {
     let mut out = String::with_capacity(text.len());
     let mut pos = 0;
     let mut changed = false;
     for f in findings.iter().filter(|f| f.action == Action::Mask) {
         if f.start < pos {
+            // Overlaps the previous mask: extend it over this one's end.
+            pos = pos.max(f.end);
             continue;
         }
-        out.push_str(text.get(pos..f.start)?);
+        // Offsets come from the char-boundary map; a bad one hides the rest rather than leak it.
+        let Some(gap) = text.get(pos..f.start) else {
+            out.push_str(&f.replacement);
+            return Some(out);
+        };
+        out.push_str(gap);
         out.push_str(&f.replacement);
         pos = f.end;
         changed = true;
@@ -107,7 +127,7 @@ pub fn apply_masks(text: &str, findings: &[Finding]) -> Option<String> {
     if !changed {
         return None;
     }
-    out.push_str(text.get(pos..)?);
+    out.push_str(text.get(pos..).unwrap_or_default());
     Some(out)
 }
 
@@ -194,6 +214,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.path.starts_with("detectors"), "{e}");
+    }
+
+    #[test]
+    fn a_later_overlapping_match_extends_the_mask() {
+        let r = rules(json!({"detectors": {"ipv6": {"action": "mask"}, "ipv4": {"action": "mask"}}}));
+        let text = "addr ::ffff:192.168.1.20 up";
+        let out = apply_masks(text, &scan(&r, text)).unwrap();
+        assert!(!out.contains("168"), "{out}");
+        assert!(out.ends_with(" up"), "{out}");
     }
 
     #[test]

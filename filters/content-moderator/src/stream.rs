@@ -1,26 +1,45 @@
-//! Moderating an SSE response as it passes. Generated text is kept per choice (OpenAI) or content
-//! block (Anthropic) in a sliding window: each event releases the text that can no longer be part
-//! of a match that is still arriving, masked where it matched, and holds back the last
-//! `holdback` bytes (and any match that reaches into them). So a match split across events or body
-//! chunks is still caught, and masks are written into the events in place. The rest of the window
-//! goes out with the choice's finish event (or before the block's stop event).
+//! Moderating an SSE response as it passes. Generated text is kept in sliding windows, one per
+//! choice and field (OpenAI `content`, `refusal`, each tool call's `arguments`, legacy `text`) or
+//! per content block (Anthropic `text_delta`, `input_json_delta`, `thinking_delta`). Each event
+//! releases the text that can no longer be part of a match that is still arriving, masked where it
+//! matched, and holds back the last `holdback` bytes (and any match that reaches into them). So a
+//! match split across events or body chunks is still caught, and masks are written into the
+//! events in place. What is held goes out in a delta just before the choice's finish event, the
+//! block's `content_block_stop`, `data: [DONE]`, or the end of the body.
 //!
 //! A blocking match ends the stream with a well-formed error event in the provider's format (and
 //! `data: [DONE]` for OpenAI); everything after it is dropped. Events that carry no generated text
-//! (roles, tool calls, usage, pings) pass unchanged.
+//! (roles, usage, pings) pass unchanged.
 
 use crate::config::{Action, Rules};
 use crate::moderate;
 use filter_core::Provider;
 use filter_core::sse::{Event, SseParser};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-/// A text buffer that may not grow past this (a match longer than this is released anyway).
-pub const MAX_WINDOW: usize = 64 * 1024;
+/// A window may not grow past this (a match longer than this is released anyway).
+pub const MAX_WINDOW: usize = 16 * 1024;
+
+/// Which field of which event a window's text belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// OpenAI `delta.content`, `delta.refusal`, or legacy `text`.
+    Content,
+    Refusal,
+    Text,
+    /// OpenAI `delta.tool_calls[index].function.arguments`.
+    ToolArgs(u64),
+    /// Anthropic delta types.
+    TextDelta,
+    JsonDelta,
+    ThinkingDelta,
+}
 
 #[derive(Debug)]
 struct Window {
+    /// OpenAI choice index or Anthropic block index.
     key: u64,
+    slot: Slot,
     text: String,
 }
 
@@ -31,6 +50,8 @@ pub struct Stream {
     holdback: usize,
     windows: Vec<Window>,
     done: bool,
+    /// `id`, `object`, `created`, `model` of the last OpenAI chunk, for the flushing chunks.
+    envelope: Map<String, Value>,
     /// `(category, action)` of every finding released or blocking, for metrics and the verdict.
     pub findings: Vec<(usize, Action)>,
     /// The category that ended the stream.
@@ -45,9 +66,15 @@ impl Stream {
             holdback,
             windows: Vec::new(),
             done: false,
+            envelope: Map::new(),
             findings: Vec::new(),
             blocked: None,
         }
+    }
+
+    /// Whether the stream was ended (blocked or unreadable); later chunks are dropped.
+    pub fn is_done(&self) -> bool {
+        self.done
     }
 
     /// The bytes to send in place of `chunk` (`end`: the upstream body ends with it).
@@ -74,26 +101,18 @@ impl Stream {
         }
         if end {
             // A stream that ended without its finish events: release what is held.
-            let keys: Vec<u64> = self.windows.iter().map(|w| w.key).collect();
-            for key in keys {
-                let Some(text) = self.release(rules, key, true) else {
-                    break;
-                };
-                if text.is_empty() {
-                    continue;
-                }
-                let ev = if self.anthropic {
-                    json!({"type": "content_block_delta", "index": key, "delta": {"type": "text_delta", "text": text}})
-                } else {
-                    json!({"object": "chat.completion.chunk", "choices": [{"index": key, "delta": {"content": text}, "finish_reason": null}]})
-                };
-                self.emit(&mut out, &ev);
-            }
-            if self.blocked.is_some() {
-                self.block_event(rules, &mut out);
-            }
+            self.flush(rules, None, &mut out);
         }
         out
+    }
+
+    /// Unreadable input (e.g. a compressed body): ends the stream with an error event.
+    pub fn refuse(&mut self, out: &mut Vec<u8>) {
+        self.end_with_error(
+            out,
+            "the provider's stream could not be read for moderation",
+            "unreadable_response",
+        );
     }
 
     fn emit(&self, out: &mut Vec<u8>, v: &Value) {
@@ -111,7 +130,10 @@ impl Stream {
             return;
         };
         if ev.is_done() {
-            out.extend_from_slice(&ev.raw);
+            self.flush(rules, None, out);
+            if !self.done {
+                out.extend_from_slice(&ev.raw);
+            }
             return;
         }
         let Ok(mut v) = serde_json::from_str::<Value>(data) else {
@@ -121,10 +143,9 @@ impl Stream {
         let changed = if self.anthropic {
             self.anthropic_event(rules, &mut v, out)
         } else {
-            self.openai_event(rules, &mut v)
+            self.openai_event(rules, &mut v, out)
         };
-        if self.blocked.is_some() {
-            self.block_event(rules, out);
+        if self.done {
             return;
         }
         if changed {
@@ -134,35 +155,78 @@ impl Stream {
         }
     }
 
-    /// Rewrites the text of each choice in `v`; true when `v` changed.
-    fn openai_event(&mut self, rules: &Rules, v: &mut Value) -> bool {
+    /// Rewrites the generated text of each choice in `v` (and flushes a finishing choice's
+    /// windows in a chunk written before it); true when `v` changed.
+    fn openai_event(&mut self, rules: &Rules, v: &mut Value, out: &mut Vec<u8>) -> bool {
+        if let Some(obj) = v.as_object() {
+            for k in ["id", "object", "created", "model"] {
+                if let Some(x) = obj.get(k) {
+                    self.envelope.insert(k.to_owned(), x.clone());
+                }
+            }
+        }
         let Some(choices) = v.get_mut("choices").and_then(Value::as_array_mut) else {
             return false;
         };
         let mut changed = false;
+        let mut finishing = Vec::new();
         for (pos, c) in choices.iter_mut().enumerate() {
             let key = c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64);
-            let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
-            // Chat chunks carry `delta.content`; completions chunks carry `text`.
-            let slot = if c.get("delta").is_some() {
-                c.get_mut("delta")
-                    .and_then(|d| d.as_object_mut())
-                    .map(|d| (d, "content"))
-            } else {
-                c.as_object_mut().map(|o| (o, "text"))
-            };
-            let Some((obj, field)) = slot else { continue };
-            let incoming = obj.get(field).and_then(Value::as_str).map(str::to_owned);
-            if incoming.is_none() && !finished {
-                continue;
+            if c.get("finish_reason").is_some_and(|f| !f.is_null()) {
+                finishing.push(key);
             }
-            self.push(key, incoming.as_deref().unwrap_or_default());
-            let Some(text) = self.release(rules, key, finished) else {
-                return true;
-            };
-            if incoming.is_some() || !text.is_empty() {
-                obj.insert(field.to_owned(), Value::String(text));
+            // (slot, the string to rewrite)
+            let mut fields: Vec<(Slot, &mut String)> = Vec::new();
+            let Some(obj) = c.as_object_mut() else { continue };
+            for (k, val) in obj.iter_mut() {
+                match (k.as_str(), val) {
+                    ("text", Value::String(s)) => fields.push((Slot::Text, s)),
+                    ("delta", Value::Object(d)) => {
+                        for (dk, dv) in d.iter_mut() {
+                            match (dk.as_str(), dv) {
+                                ("content", Value::String(s)) => fields.push((Slot::Content, s)),
+                                ("refusal", Value::String(s)) => fields.push((Slot::Refusal, s)),
+                                ("tool_calls", Value::Array(calls)) => {
+                                    for (i, call) in calls.iter_mut().enumerate() {
+                                        let idx =
+                                            call.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+                                        if let Some(Value::String(args)) =
+                                            call.get_mut("function").and_then(|f| f.get_mut("arguments"))
+                                        {
+                                            fields.push((Slot::ToolArgs(idx), args));
+                                        }
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for (slot, s) in fields {
+                push(&mut self.windows, key, slot, s);
+                let Some(released) = release(
+                    &mut self.windows,
+                    &mut self.findings,
+                    &mut self.blocked,
+                    rules,
+                    self.holdback,
+                    key,
+                    slot,
+                    false,
+                ) else {
+                    self.block_event(rules, out);
+                    return false;
+                };
+                *s = released;
                 changed = true;
+            }
+        }
+        for key in finishing {
+            self.flush(rules, Some(key), out);
+            if self.done {
+                return false;
             }
         }
         changed
@@ -181,79 +245,84 @@ impl Stream {
                 let Some(delta) = v.get_mut("delta").and_then(Value::as_object_mut) else {
                     return false;
                 };
-                if delta.get("type").and_then(Value::as_str) != Some("text_delta") {
-                    return false;
-                }
-                let incoming = delta
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                self.push(key, &incoming);
-                let Some(text) = self.release(rules, key, false) else {
-                    return true;
+                let (slot, field) = match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => (Slot::TextDelta, "text"),
+                    Some("input_json_delta") => (Slot::JsonDelta, "partial_json"),
+                    Some("thinking_delta") => (Slot::ThinkingDelta, "thinking"),
+                    _ => return false,
                 };
-                delta.insert("text".to_owned(), Value::String(text));
+                let Some(Value::String(s)) = delta.get_mut(field) else {
+                    return false;
+                };
+                push(&mut self.windows, key, slot, s);
+                let Some(released) = release(
+                    &mut self.windows,
+                    &mut self.findings,
+                    &mut self.blocked,
+                    rules,
+                    self.holdback,
+                    key,
+                    slot,
+                    false,
+                ) else {
+                    self.block_event(rules, out);
+                    return false;
+                };
+                *s = released;
                 true
             }
             "content_block_stop" => {
-                let Some(text) = self.release(rules, key, true) else {
-                    return true;
-                };
-                if !text.is_empty() {
-                    let flush = json!({"type": "content_block_delta", "index": key,
-                                       "delta": {"type": "text_delta", "text": text}});
-                    self.emit(out, &flush);
-                }
+                self.flush(rules, Some(key), out);
                 false
             }
             _ => false,
         }
     }
 
-    fn push(&mut self, key: u64, text: &str) {
-        match self.windows.iter_mut().find(|w| w.key == key) {
-            Some(w) => w.text.push_str(text),
-            None => self.windows.push(Window {
-                key,
-                text: text.to_owned(),
-            }),
+    /// Releases all held text of `key` (all keys when `None`) as delta events written to `out`.
+    fn flush(&mut self, rules: &Rules, key: Option<u64>, out: &mut Vec<u8>) {
+        let targets: Vec<(u64, Slot)> = self
+            .windows
+            .iter()
+            .filter(|w| key.is_none_or(|k| k == w.key))
+            .map(|w| (w.key, w.slot))
+            .collect();
+        for (k, slot) in targets {
+            let Some(text) = release(
+                &mut self.windows,
+                &mut self.findings,
+                &mut self.blocked,
+                rules,
+                self.holdback,
+                k,
+                slot,
+                true,
+            ) else {
+                self.block_event(rules, out);
+                return;
+            };
+            self.windows.retain(|w| !(w.key == k && w.slot == slot));
+            if text.is_empty() {
+                continue;
+            }
+            let ev = match slot {
+                Slot::TextDelta => json!({"type": "content_block_delta", "index": k, "delta": {"type": "text_delta", "text": text}}),
+                Slot::JsonDelta => json!({"type": "content_block_delta", "index": k, "delta": {"type": "input_json_delta", "partial_json": text}}),
+                Slot::ThinkingDelta => json!({"type": "content_block_delta", "index": k, "delta": {"type": "thinking_delta", "thinking": text}}),
+                Slot::Text => self.chunk(json!({"index": k, "text": text, "finish_reason": null})),
+                Slot::Content => self.chunk(json!({"index": k, "delta": {"content": text}, "finish_reason": null})),
+                Slot::Refusal => self.chunk(json!({"index": k, "delta": {"refusal": text}, "finish_reason": null})),
+                Slot::ToolArgs(t) => self.chunk(json!({"index": k, "delta": {"tool_calls": [{"index": t, "function": {"arguments": text}}]}, "finish_reason": null})),
+            };
+            self.emit(out, &ev);
         }
     }
 
-    /// Releases what may go out of window `key` (all of it when `last`), masked; `None` when a
-    /// blocking match was found (`self.blocked` is set).
-    fn release(&mut self, rules: &Rules, key: u64, last: bool) -> Option<String> {
-        let holdback = self.holdback;
-        let w = self.windows.iter_mut().find(|w| w.key == key)?;
-        let findings = moderate::scan(rules, &w.text);
-        // A blocking match blocks as soon as it is seen, even while still arriving.
-        if let Some(b) = moderate::first_block(&findings) {
-            self.findings.push((b.category, b.action));
-            self.blocked = Some(b.category);
-            return None;
-        }
-        let len = w.text.len();
-        let mut cut = if last || len > MAX_WINDOW {
-            len
-        } else {
-            len.saturating_sub(holdback)
-        };
-        for f in &findings {
-            if f.end > cut && f.start < cut && len <= MAX_WINDOW {
-                cut = f.start;
-            }
-        }
-        while !w.text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let released: Vec<_> = findings.into_iter().filter(|f| f.end <= cut).collect();
-        self.findings
-            .extend(released.iter().map(|f| (f.category, f.action)));
-        let head = w.text.get(..cut).unwrap_or_default();
-        let text = moderate::apply_masks(head, &released).unwrap_or_else(|| head.to_owned());
-        w.text.drain(..cut);
-        Some(text)
+    /// An OpenAI chunk with one choice, in the stream's envelope.
+    fn chunk(&self, choice: Value) -> Value {
+        let mut v = Value::Object(self.envelope.clone());
+        v["choices"] = json!([choice]);
+        v
     }
 
     fn block_event(&mut self, rules: &Rules, out: &mut Vec<u8>) {
@@ -278,6 +347,73 @@ impl Stream {
         self.done = true;
         self.windows.clear();
     }
+}
+
+fn push(windows: &mut Vec<Window>, key: u64, slot: Slot, text: &str) {
+    match windows.iter_mut().find(|w| w.key == key && w.slot == slot) {
+        Some(w) => w.text.push_str(text),
+        None => windows.push(Window {
+            key,
+            slot,
+            text: text.to_owned(),
+        }),
+    }
+}
+
+/// Releases what may go out of window `(key, slot)` (all of it when `last`), masked; `None` when a
+/// blocking match was found (`blocked` is set).
+#[allow(clippy::too_many_arguments)]
+fn release(
+    windows: &mut [Window],
+    findings_out: &mut Vec<(usize, Action)>,
+    blocked: &mut Option<usize>,
+    rules: &Rules,
+    holdback: usize,
+    key: u64,
+    slot: Slot,
+    last: bool,
+) -> Option<String> {
+    let Some(w) = windows.iter_mut().find(|w| w.key == key && w.slot == slot) else {
+        return Some(String::new());
+    };
+    let findings = moderate::scan(rules, &w.text);
+    // A blocking match blocks as soon as it is seen, even while still arriving.
+    if let Some(b) = moderate::first_block(&findings) {
+        findings_out.push((b.category, b.action));
+        *blocked = Some(b.category);
+        return None;
+    }
+    let len = w.text.len();
+    let forced = len > MAX_WINDOW;
+    let mut cut = if last || forced {
+        len
+    } else {
+        len.saturating_sub(holdback)
+    };
+    // Hold back every match that reaches past the cut; lowering the cut can put another match
+    // across it, so repeat until it stays.
+    if !forced {
+        loop {
+            let lowest = findings
+                .iter()
+                .filter(|f| f.start < cut && f.end > cut)
+                .map(|f| f.start)
+                .min();
+            match lowest {
+                Some(s) => cut = s,
+                None => break,
+            }
+        }
+    }
+    while !w.text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let released: Vec<_> = findings.into_iter().filter(|f| f.end <= cut).collect();
+    findings_out.extend(released.iter().map(|f| (f.category, f.action)));
+    let head = w.text.get(..cut).unwrap_or_default();
+    let text = moderate::apply_masks(head, &released).unwrap_or_else(|| head.to_owned());
+    w.text.drain(..cut);
+    Some(text)
 }
 
 #[cfg(test)]
@@ -470,6 +606,78 @@ mod tests {
             let msg = out.windows(11).any(|w| w == b"private_key");
             assert!(msg, "the error names the category");
         }
+    }
+
+    #[test]
+    fn tool_call_arguments_refusals_json_deltas_and_several_choices_are_moderated() {
+        let ev = |v: Value| Event::encode(None, &v.to_string());
+        let mut body = Vec::new();
+        for piece in ["{\"to\": \"bob@exa", "mple.com\"}"] {
+            body.extend(ev(json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0,
+                "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, "finish_reason": null}]})));
+        }
+        body.extend(ev(json!({"choices": [
+            {"index": 0, "delta": {"refusal": "mail ann@"}, "finish_reason": null},
+            {"index": 1, "delta": {"content": "card 4111 1111 "}, "finish_reason": null}]})));
+        body.extend(ev(json!({"choices": [
+            {"index": 0, "delta": {"refusal": "example.com"}, "finish_reason": null},
+            {"index": 1, "delta": {"content": "1111 1111"}, "finish_reason": null}]})));
+        body.extend(ev(
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"},
+                                          {"index": 1, "delta": {}, "finish_reason": "stop"}]}),
+        ));
+        body.extend(Event::encode(None, "[DONE]"));
+        let (out, s) = run(false, &body, &[], 32);
+        let mut events = Vec::new();
+        SseParser::default().feed(&out, &mut events).unwrap();
+        let mut args = String::new();
+        let mut refusal = String::new();
+        let mut content = String::new();
+        for e in &events {
+            let Ok(v) = serde_json::from_str::<Value>(e.data.as_deref().unwrap()) else {
+                continue;
+            };
+            for c in v["choices"].as_array().into_iter().flatten() {
+                let d = &c["delta"];
+                args.push_str(
+                    d.pointer("/tool_calls/0/function/arguments")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                );
+                refusal.push_str(d["refusal"].as_str().unwrap_or_default());
+                if c["index"] == 1 {
+                    content.push_str(d["content"].as_str().unwrap_or_default());
+                }
+            }
+        }
+        assert_eq!(args, "{\"to\": \"[EMAIL]\"}");
+        assert_eq!(refusal, "mail [EMAIL]");
+        assert_eq!(content, "card **** **** **** 1111");
+        assert_eq!(s.findings.len(), 3);
+        assert!(
+            out.ends_with(b"data: [DONE]\n\n"),
+            "the held text goes out before [DONE]"
+        );
+
+        let an = |v: Value| Event::encode(Some(v["type"].as_str().unwrap()), &v.to_string());
+        let mut body = Vec::new();
+        for piece in ["{\"email\": \"eve@", "evil.example\"}"] {
+            body.extend(an(json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": piece}})));
+        }
+        body.extend(an(json!({"type": "content_block_stop", "index": 1})));
+        let (out, _) = run(true, &body, &[], 32);
+        let mut events = Vec::new();
+        SseParser::default().feed(&out, &mut events).unwrap();
+        let json: String = events
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e.data.as_deref()?).ok())
+            .filter_map(|v| {
+                v.pointer("/delta/partial_json")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(json, "{\"email\": \"[EMAIL]\"}");
     }
 
     #[test]

@@ -140,22 +140,37 @@ pub struct ChatCompletionResponse {
 }
 
 impl ChatCompletionResponse {
-    /// Every generated text: `choices[].message.content`, `choices[].delta.content` and legacy
-    /// `choices[].text`, mutable so a moderator can mask in place.
-    pub fn texts_mut(&mut self) -> impl Iterator<Item = &mut String> {
-        self.choices.iter_mut().flat_map(|c| {
-            let obj = c.as_object_mut();
-            obj.into_iter().flat_map(|o| {
-                o.iter_mut().filter_map(|(k, v)| match (k.as_str(), v) {
-                    ("message" | "delta", Value::Object(m)) => match m.get_mut("content") {
-                        Some(Value::String(s)) => Some(s),
-                        _ => None,
-                    },
-                    ("text", Value::String(s)) => Some(s),
-                    _ => None,
-                })
-            })
-        })
+    /// Every generated text, mutable so a moderator can mask in place: `message`/`delta`
+    /// `content` and `refusal`, the `function.arguments` of their `tool_calls`, and legacy `text`.
+    pub fn texts_mut(&mut self) -> Vec<&mut String> {
+        let mut out = Vec::new();
+        for c in &mut self.choices {
+            let Some(obj) = c.as_object_mut() else { continue };
+            for (k, v) in obj.iter_mut() {
+                match (k.as_str(), v) {
+                    ("message" | "delta", Value::Object(m)) => {
+                        for (field, value) in m.iter_mut() {
+                            match (field.as_str(), value) {
+                                ("content" | "refusal", Value::String(s)) => out.push(s),
+                                ("tool_calls", Value::Array(calls)) => {
+                                    for call in calls {
+                                        if let Some(Value::String(args)) =
+                                            call.get_mut("function").and_then(|f| f.get_mut("arguments"))
+                                        {
+                                            out.push(args);
+                                        }
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    ("text", Value::String(s)) => out.push(s),
+                    _ => {}
+                }
+            }
+        }
+        out
     }
 }
 
@@ -244,8 +259,15 @@ mod tests {
             "choices": [{"index": 0, "delta": {"content": "a"}}, {"index": 1, "text": "b"}, {"index": 2, "delta": {}}]
         }))
         .unwrap();
-        let texts: Vec<String> = chunk.texts_mut().map(|s| s.clone()).collect();
+        let texts: Vec<String> = chunk.texts_mut().into_iter().map(|s| s.clone()).collect();
         assert_eq!(texts, ["a", "b"]);
+        let mut tools: ChatCompletionResponse = serde_json::from_value(json!({
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": "no",
+                "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]}}]
+        }))
+        .unwrap();
+        let texts: Vec<String> = tools.texts_mut().into_iter().map(|s| s.clone()).collect();
+        assert_eq!(texts, ["no", "{\"a\":1}"]);
     }
 
     #[test]
