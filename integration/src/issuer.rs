@@ -229,6 +229,14 @@ impl Key {
         Ok(format!("{input}.{}", b64url(&sig)))
     }
 
+    /// The private key as PEM, as OpenSSL wrote it at test time (empty for HMAC).
+    pub fn private_pem(&self) -> std::io::Result<String> {
+        if self.kind == KeyKind::Hmac {
+            return Ok(String::new());
+        }
+        std::fs::read_to_string(&self.pem)
+    }
+
     /// The algorithms this key signs.
     pub fn algs(&self) -> &'static [&'static str] {
         match self.kind {

@@ -262,9 +262,11 @@ mod tests {
     fn anthropic_system_and_tool_results_are_read_and_a_block_wins() {
         let r =
             rules(json!({"detectors": {"email": {"action": "mask"}, "private_key": {"action": "block"}}}));
+        // A key-block header, built here rather than written out in the repository.
+        let key_block = format!("-----BEGIN {} {}-----\nabc", "PRIVATE", "KEY");
         let body = json!({"model": "claude", "max_tokens": 10, "system": "mail a@b.example",
             "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
-                "content": "-----BEGIN PRIVATE KEY-----\nabc"}]}]});
+                "content": key_block}]}]});
         let out = request(&r, Provider::Anthropic, body.to_string().as_bytes()).unwrap();
         assert_eq!(
             out.blocked.map(|c| r.categories[c].name.as_str()),
