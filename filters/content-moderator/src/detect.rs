@@ -377,9 +377,9 @@ mod tests {
         };
         let private = format!("{} {}", "PRIVATE", "KEY");
         let whole = block(&private, "MIIEv", true);
-        assert_eq!(found(Kind::PrivateKey, &format!("x {whole} y")), [whole.clone()]);
+        assert_eq!(found(Kind::PrivateKey, &format!("x {whole} y")), [whole]);
         let openssh = block(&format!("OPENSSH {private}"), "b3Bl", false);
-        assert_eq!(found(Kind::PrivateKey, &openssh), [openssh.clone()]);
+        assert_eq!(found(Kind::PrivateKey, &openssh), vec![openssh.clone()]);
         assert!(found(Kind::PrivateKey, &block("PUBLIC KEY", "MIIB", true)).is_empty());
         assert_eq!(cases.len() + 1, Kind::ALL.len(), "every detector is tested");
     }
