@@ -67,7 +67,49 @@ pub fn wrk_with_headers(
         }
         lua.push_str(&format!("wrk.headers['{k}'] = '{v}'\n"));
     }
-    std::fs::write(&script, lua)?;
+    run_wrk(&script, &lua, url, seconds, connections)
+}
+
+/// [`wrk`] with a body that differs per request: the first `marker` in the serialised
+/// `body` becomes a per-connection counter, so no two requests of a connection are the same (a
+/// cache below the gateway cannot answer them from memory).
+pub fn wrk_varying(
+    url: &str,
+    body: &Value,
+    marker: &str,
+    seconds: u64,
+    connections: u32,
+    dir: &std::path::Path,
+) -> Result<Load, Error> {
+    let text = serde_json::to_string(body)?;
+    let Some((pre, post)) = text.split_once(marker) else {
+        return Err(format!("the body has no {marker}").into());
+    };
+    let (pre_path, post_path) = (dir.join("pre.json"), dir.join("post.json"));
+    std::fs::write(&pre_path, pre)?;
+    std::fs::write(&post_path, post)?;
+    let script = dir.join("varying.lua");
+    let lua = format!(
+        "local function slurp(p) local f = io.open(p, 'rb'); local s = f:read('*a'); f:close(); return s end\n\
+         local pre, post = slurp({:?}), slurp({:?})\n\
+         local n = 0\n\
+         wrk.method = 'POST'\n\
+         wrk.headers['content-type'] = 'application/json'\n\
+         request = function() n = n + 1; return wrk.format(nil, nil, nil, pre .. tostring(n) .. ' ' .. tostring(math.random(1000000)) .. post) end\n",
+        pre_path.display().to_string(),
+        post_path.display().to_string()
+    );
+    run_wrk(&script, &lua, url, seconds, connections)
+}
+
+fn run_wrk(
+    script: &std::path::Path,
+    lua: &str,
+    url: &str,
+    seconds: u64,
+    connections: u32,
+) -> Result<Load, Error> {
+    std::fs::write(script, lua)?;
     let out = Command::new("wrk")
         .args([
             "-t1",
@@ -76,7 +118,7 @@ pub fn wrk_with_headers(
             "--latency",
             "-s",
         ])
-        .arg(&script)
+        .arg(script)
         .arg(url)
         .output()
         .map_err(|e| format!("wrk: {e} (scripts/bench.sh installs it)"))?;

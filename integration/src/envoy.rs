@@ -19,6 +19,11 @@ pub mod default_ports {
     pub const SIDECAR: u16 = 50051;
     /// Cluster `idp_jwks` (the identity provider's JWKS endpoint, for jwt-auth).
     pub const JWKS: u16 = 8083;
+    /// Clusters `llm_code`, `llm_math` and `llm_support` (two endpoints), which the semantic
+    /// router's routes pick; each fails over to `LLM_UPSTREAM`.
+    pub const CODE: u16 = 8091;
+    pub const MATH: u16 = 8092;
+    pub const SUPPORT: [u16; 2] = [8093, 8094];
 }
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -85,6 +90,18 @@ impl<'a> Options<'a> {
         self.filters.push(yaml);
         self
     }
+}
+
+/// The plugin configuration (the JSON under `value: |`) of a shipped snippet in `envoy/filters/`.
+pub fn snippet_config(file: &str) -> Result<serde_json::Value, Error> {
+    let path = repo_root().join("envoy/filters").join(file);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !l.trim_end().ends_with("value: |"))
+        .skip(1);
+    let json: String = lines.by_ref().map(|l| format!("{l}\n")).collect();
+    Ok(serde_json::from_str(&json).map_err(|e| format!("{file}: the configuration is not JSON: {e}"))?)
 }
 
 /// The wasm filter's file, built by `cargo wasm`.
@@ -305,6 +322,17 @@ impl Envoy {
         let body = http_get_body("127.0.0.1", self.admin_port, &format!("/stats?filter={name}"))?;
         body.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
+    }
+
+    /// The cumulative quantile `q` (e.g. `"P50"`) of a histogram, as `/stats` shows it after
+    /// Envoy's next stats flush (every 5 s by default); `None` before any sample was flushed.
+    pub fn histogram_quantile(&self, name: &str, q: &str) -> Option<f64> {
+        let body = http_get_body("127.0.0.1", self.admin_port, &format!("/stats?filter={name}"))?;
+        let line = body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))?;
+        // `P0(nan,1) P25(nan,1.025) P50(2,1.05) …`: (interval, cumulative).
+        line.split_whitespace()
+            .find_map(|t| t.strip_prefix(q)?.strip_prefix('(')?.strip_suffix(')'))
+            .and_then(|v| v.split_once(',')?.1.parse().ok())
     }
 
     pub fn config_dir(&self) -> &Path {

@@ -6,6 +6,9 @@
 //! configs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+use common::start_sidecar;
+
 use serde_json::{Value, json};
 use tollgate_it::client::{Client, Response, reply_text};
 use tollgate_it::envoy::{Envoy, Options, default_ports};
@@ -434,21 +437,6 @@ async fn streamed_responses_are_masked_across_every_split_and_blocked_with_a_fin
         envoy.stat("wasmcustom.tollgate_content_moderator_response_mask.category.payment_card"),
         Some(80)
     );
-}
-
-fn start_sidecar() -> sidecar::background::Background {
-    let root = tollgate_it::repo_root();
-    let args: Vec<String> = [
-        "--model-dir",
-        &root.join("models/all-MiniLM-L6-v2").display().to_string(),
-        "--label-sets",
-        &root.join("sidecar/label-sets.json").display().to_string(),
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    sidecar::background::Background::start(&args)
-        .expect("sidecar starts (models/ comes from scripts/setup.sh)")
 }
 
 fn classify_config(failure_mode: &str) -> Value {

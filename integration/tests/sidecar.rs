@@ -3,27 +3,14 @@
 //! `sidecar-probe` test fixture, which answers with what `filter_host::sidecar` decoded.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+use common::start_sidecar;
+
 use serde_json::{Value, json};
-use sidecar::background::Background;
 use std::time::Duration;
 use tollgate_it::client::Client;
 use tollgate_it::envoy::{Envoy, Options, default_ports};
 use tollgate_it::mock::MockLlm;
-use tollgate_it::repo_root;
-
-fn start_sidecar() -> Background {
-    let root = repo_root();
-    let args: Vec<String> = [
-        "--model-dir",
-        &root.join("models/all-MiniLM-L6-v2").display().to_string(),
-        "--label-sets",
-        &root.join("sidecar/label-sets.json").display().to_string(),
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    Background::start(&args).expect("sidecar starts (models/ comes from scripts/setup.sh)")
-}
 
 /// The demo chain plus the probe. The mock provider stands behind the `/v1/` route, as it would
 /// for a product filter that answers a request itself.

@@ -19,6 +19,12 @@ impl Background {
     /// `--metrics-addr` are ignored in favour of free ports) and serves it until [`Self::stop`] or
     /// drop. Returns once it accepts connections, or with the start-up error.
     pub fn start(args: &[String]) -> Result<Self, crate::Error> {
+        Self::start_at(args, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Like [`Self::start`], serving gRPC on `listen` (a port chosen before the sidecar starts, e.g.
+    /// one an Envoy config already names).
+    pub fn start_at(args: &[String], listen: SocketAddr) -> Result<Self, crate::Error> {
         let cfg = Config::parse(args, |_| None)?;
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(SocketAddr, SocketAddr), String>>();
@@ -28,7 +34,7 @@ impl Background {
             .spawn(move || {
                 let run = async {
                     let sidecar = crate::build(&cfg).await?;
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                    let listener = tokio::net::TcpListener::bind(listen).await?;
                     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                     let _ = ready_tx.send(Ok((listener.local_addr()?, metrics.local_addr()?)));
                     let shutdown = async {

@@ -282,7 +282,7 @@ impl Http {
                 "the request body could not be read",
             )));
         };
-        let text = turn_input(&req);
+        let text = filter_core::prompt::turn_input(&req);
         // The end of the input is kept: an injection is most often appended.
         let mut start = text.len().saturating_sub(c.max_text_bytes);
         while !text.is_char_boundary(start) {
@@ -574,27 +574,4 @@ impl HttpContext for Http {
             }
         }
     }
-}
-
-/// The new input of this turn: every user and tool text after the last assistant message (the
-/// whole input for completions and embeddings), joined by newlines.
-fn turn_input(req: &filter_core::api::Request) -> String {
-    use filter_core::prompt::{Role, segments};
-    let segs = segments(req);
-    let last_assistant = segs
-        .iter()
-        .filter(|s| s.role == Role::Assistant)
-        .filter_map(|s| s.message)
-        .max();
-    let mut out = String::new();
-    for s in segs.iter().filter(|s| matches!(s.role, Role::User | Role::Tool)) {
-        if last_assistant.is_some_and(|a| s.message.is_some_and(|m| m <= a)) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push('\n');
-        }
-        out.push_str(s.text);
-    }
-    out
 }

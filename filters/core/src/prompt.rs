@@ -133,6 +133,28 @@ pub fn segments(req: &Request) -> Vec<Segment<'_>> {
     out
 }
 
+/// The new input of this turn: every user and tool text after the last assistant message (the
+/// whole input for completions and embeddings), joined by newlines.
+pub fn turn_input(req: &Request) -> String {
+    let segs = segments(req);
+    let last_assistant = segs
+        .iter()
+        .filter(|s| s.role == Role::Assistant)
+        .filter_map(|s| s.message)
+        .max();
+    let mut out = String::new();
+    for s in segs.iter().filter(|s| matches!(s.role, Role::User | Role::Tool)) {
+        if last_assistant.is_some_and(|a| s.message.is_some_and(|m| m <= a)) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(s.text);
+    }
+    out
+}
+
 /// The text of the last user message (parts joined with `\n`), which by default decides routes and
 /// semantic-cache keys. For completions/embeddings, the whole input.
 pub fn last_user_text(req: &Request) -> Option<String> {

@@ -1,0 +1,362 @@
+//! Per-request decisions, free of the host: which text decides, the client's explicit choices, the
+//! keyword fast path, and the nearest example by cosine similarity.
+
+use crate::config::{Config, Source};
+use filter_core::api::Request;
+use filter_core::prompt;
+
+/// How a decision was made (the `method` in metrics and filter state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// The client named a model a route lists, or a route value (`client_route: honor`).
+    Explicit,
+    /// A keyword or pattern matched.
+    Keyword,
+    /// The nearest example was similar enough.
+    Semantic,
+    /// Nothing was similar enough: the default route.
+    BelowThreshold,
+    /// The request has no text to route by: the default route.
+    NoText,
+    /// The body is not the API's JSON: the default route (the provider answers the error).
+    InvalidBody,
+    /// The example vectors are not loaded yet (sidecar not reached since start).
+    NotReady,
+    /// The sidecar did not answer in time or failed.
+    SidecarFailed,
+}
+
+impl Method {
+    pub const ALL: [Self; 8] = [
+        Self::Explicit,
+        Self::Keyword,
+        Self::Semantic,
+        Self::BelowThreshold,
+        Self::NoText,
+        Self::InvalidBody,
+        Self::NotReady,
+        Self::SidecarFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Explicit => "explicit",
+            Self::Keyword => "keyword",
+            Self::Semantic => "semantic",
+            Self::BelowThreshold => "below_threshold",
+            Self::NoText => "no_text",
+            Self::InvalidBody => "invalid_body",
+            Self::NotReady => "not_ready",
+            Self::SidecarFailed => "sidecar_failed",
+        }
+    }
+
+    /// The decision came from a failure to decide (these honour `failure_mode`).
+    pub const fn is_failure(self) -> bool {
+        matches!(self, Self::NotReady | Self::SidecarFailed)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    pub route: usize,
+    pub method: Method,
+    /// Similarity to the nearest example of the chosen route (semantic and below-threshold).
+    pub score: Option<f32>,
+}
+
+impl Decision {
+    pub const fn new(route: usize, method: Method) -> Self {
+        Self {
+            route,
+            method,
+            score: None,
+        }
+    }
+}
+
+/// Example vectors, L2-normalised, in one flat buffer (`dim` floats per row).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Index {
+    dim: usize,
+    data: Vec<f32>,
+    route: Vec<usize>,
+}
+
+impl Index {
+    pub fn len(&self) -> usize {
+        self.route.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.route.is_empty()
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dim
+    }
+
+    /// Adds one example of `route`, normalised. The first vector fixes the dimension.
+    pub fn push(&mut self, route: usize, v: &[f32]) -> Result<(), String> {
+        if v.is_empty() || v.len() > crate::config::MAX_DIMENSION {
+            return Err(format!(
+                "a vector needs 1..={} values, not {}",
+                crate::config::MAX_DIMENSION,
+                v.len()
+            ));
+        }
+        if self.dim != 0 && v.len() != self.dim {
+            return Err(format!("{} values; the other vectors have {}", v.len(), self.dim));
+        }
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err("values must be finite numbers".to_owned());
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm < 1e-6 {
+            return Err("the zero vector has no direction".to_owned());
+        }
+        self.dim = v.len();
+        self.data.extend(v.iter().map(|x| x / norm));
+        self.route.push(route);
+        Ok(())
+    }
+
+    /// Each route's score for `q` (a normalised vector): the mean of its `k` most similar examples
+    /// (`k` = 1: the nearest one). Routes without examples score `f32::NEG_INFINITY`. `scratch` holds
+    /// `routes × k` similarities between calls. `None` when `q` has another dimension.
+    pub fn scores(
+        &self,
+        q: &[f32],
+        routes: usize,
+        k: usize,
+        scratch: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Option<()> {
+        if q.len() != self.dim || self.dim == 0 || k == 0 {
+            return None;
+        }
+        scratch.clear();
+        scratch.resize(routes * k, f32::NEG_INFINITY);
+        for (row, &r) in self.data.chunks_exact(self.dim).zip(&self.route) {
+            let s: f32 = row.iter().zip(q).map(|(a, b)| a * b).sum();
+            // This route's top k, best first: insert `s` where it belongs, dropping the last.
+            let Some(top) = scratch.get_mut(r * k..(r + 1) * k) else {
+                continue;
+            };
+            if let Some(pos) = top.iter().position(|&t| s > t) {
+                top[pos..].rotate_right(1);
+                top[pos] = s;
+            }
+        }
+        out.clear();
+        out.extend(scratch.chunks_exact(k).map(|top| {
+            let (sum, n) = top
+                .iter()
+                .filter(|t| t.is_finite())
+                .fold((0.0f32, 0u32), |(sum, n), t| (sum + t, n + 1));
+            if n == 0 { f32::NEG_INFINITY } else { sum / n as f32 }
+        }));
+        Some(())
+    }
+}
+
+/// The route of a model the client named, when a route lists it.
+pub fn explicit_model(cfg: &Config, model: &str) -> Option<usize> {
+    cfg.routes
+        .iter()
+        .position(|r| r.models.iter().any(|m| m == model))
+}
+
+/// The first route (in config order) whose keyword or pattern matches.
+pub fn fast_path(cfg: &Config, text: &str) -> Option<usize> {
+    let set = cfg.fast.as_ref()?;
+    set.matches(text)
+        .iter()
+        .filter_map(|i| cfg.fast_route.get(i).copied())
+        .min()
+}
+
+/// The text that decides the route, per `input.source`; `None` when there is none.
+pub fn routing_text(req: &Request, source: Source) -> Option<String> {
+    let text = match source {
+        Source::LastUserMessage => prompt::last_user_text(req)?,
+        Source::UserTurn => prompt::turn_input(req),
+    };
+    if text.trim().is_empty() { None } else { Some(text) }
+}
+
+/// The start of `text`, at most `max_bytes` long, cut at a whitespace when one is near the end
+/// (so the last word is whole) and always at a character boundary.
+pub fn truncate(text: &str, max_bytes: usize) -> &str {
+    let text = text.trim();
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = text.get(..end).unwrap_or_default();
+    match head.rfind(char::is_whitespace) {
+        Some(ws) if ws >= end / 2 => head.get(..ws).unwrap_or(head).trim_end(),
+        _ => head,
+    }
+}
+
+/// Buffers [`nearest`] reuses between requests.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    top: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// The nearest route whose score (see [`Index::scores`]) reaches its threshold, best first; else the default
+/// route with the best score seen. `scratch` is reused between requests.
+pub fn nearest(cfg: &Config, index: &Index, q: &[f32], scratch: &mut Scratch) -> Option<Decision> {
+    index.scores(
+        q,
+        cfg.routes.len(),
+        cfg.top_k,
+        &mut scratch.top,
+        &mut scratch.scores,
+    )?;
+    let mut best: Option<(usize, f32)> = None;
+    let mut top = f32::NEG_INFINITY;
+    for (i, (&s, r)) in scratch.scores.iter().zip(&cfg.routes).enumerate() {
+        top = top.max(s);
+        if s >= r.threshold && best.is_none_or(|(_, b)| s > b) {
+            best = Some((i, s));
+        }
+    }
+    Some(match best {
+        Some((route, s)) => Decision {
+            route,
+            method: Method::Semantic,
+            score: Some(s),
+        },
+        None => Decision {
+            route: cfg.default,
+            method: Method::BelowThreshold,
+            score: top.is_finite().then_some(top),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::config::{RawConfig, compile};
+    use filter_core::Provider;
+    use filter_core::config::parse;
+    use serde_json::json;
+
+    fn cfg(v: serde_json::Value) -> Config {
+        parse::<RawConfig>(v.to_string().as_bytes())
+            .and_then(compile)
+            .unwrap()
+    }
+
+    fn routes() -> Config {
+        cfg(json!({
+            "routes": [
+                {"name": "code", "embeddings": [[1.0, 0.0, 0.0], [0.8, 0.6, 0.0]], "keywords": ["python"], "models": ["coder-latest"]},
+                {"name": "math", "embeddings": [[0.0, 1.0, 0.0]], "threshold": 0.9, "keywords": ["integral"]},
+                {"name": "general", "embeddings": [[0.0, 0.0, 1.0]]}
+            ],
+            "default_route": "general",
+            "threshold": 0.5,
+            "top_k": 1
+        }))
+    }
+
+    #[test]
+    fn nearest_example_above_its_route_threshold_wins() {
+        let c = routes();
+        let mut scratch = Scratch::default();
+        let d = nearest(&c, &c.index, &[0.6, 0.8, 0.0], &mut scratch).unwrap();
+        // code's second example scores 0.96; math scores 0.8 < its 0.9 threshold.
+        assert_eq!(d.route, 0);
+        assert_eq!(d.method, Method::Semantic);
+        assert!((d.score.unwrap() - 0.96).abs() < 1e-5);
+        let d = nearest(&c, &c.index, &[0.0, 0.95, 0.312_25], &mut scratch).unwrap();
+        assert_eq!((d.route, d.method), (1, Method::Semantic));
+        // Nothing reaches its threshold: default, reporting the best score.
+        let d = nearest(&c, &c.index, &[0.4, -0.916_5, 0.0], &mut scratch).unwrap();
+        assert_eq!((d.route, d.method), (2, Method::BelowThreshold));
+        assert!((d.score.unwrap() - 0.4).abs() < 1e-5);
+        // Another dimension is not a decision.
+        assert!(nearest(&c, &c.index, &[1.0, 0.0], &mut scratch).is_none());
+    }
+
+    #[test]
+    fn explicit_and_fast_paths() {
+        let c = routes();
+        assert_eq!(explicit_model(&c, "coder-latest"), Some(0));
+        assert_eq!(explicit_model(&c, "gpt-4o"), None);
+        assert_eq!(fast_path(&c, "solve this INTEGRAL in python"), Some(0)); // config order
+        assert_eq!(fast_path(&c, "an integral please"), Some(1));
+        assert_eq!(fast_path(&c, "pythonic"), None);
+    }
+
+    #[test]
+    fn routing_text_by_source() {
+        let body = json!({"model": "m", "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "answer"},
+            {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "text", "text": "part"}]},
+            {"role": "tool", "tool_call_id": "1", "content": "tool output"}
+        ]});
+        let req = Request::parse(Provider::OpenAiChat, body.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            routing_text(&req, Source::LastUserMessage).unwrap(),
+            "second\npart"
+        );
+        assert_eq!(
+            routing_text(&req, Source::UserTurn).unwrap(),
+            "second\npart\ntool output"
+        );
+        let empty = json!({"model": "m", "messages": [{"role": "user", "content": "  "}]});
+        let req = Request::parse(Provider::OpenAiChat, empty.to_string().as_bytes()).unwrap();
+        assert!(routing_text(&req, Source::LastUserMessage).is_none());
+        let an = json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "hola"}]});
+        let req = Request::parse(Provider::Anthropic, an.to_string().as_bytes()).unwrap();
+        assert_eq!(routing_text(&req, Source::LastUserMessage).unwrap(), "hola");
+    }
+
+    #[test]
+    fn truncation_keeps_whole_words_and_characters() {
+        assert_eq!(truncate("  short  ", 100), "short");
+        assert_eq!(truncate("alpha beta gamma", 12), "alpha beta");
+        assert_eq!(truncate("abcdefghij", 4), "abcd");
+        // 'é' is two bytes: never cut inside it.
+        assert_eq!(truncate("ééé", 3), "é");
+        assert!(truncate(&"word ".repeat(1000), 512).len() <= 512);
+    }
+
+    #[test]
+    fn index_rejects_bad_vectors() {
+        let mut i = Index::default();
+        assert!(i.push(0, &[]).is_err());
+        assert!(i.push(0, &[f32::NAN, 1.0]).is_err());
+        assert!(i.push(0, &[0.0, 0.0]).is_err());
+        i.push(0, &[3.0, 4.0]).unwrap();
+        assert!(i.push(0, &[1.0]).is_err());
+        i.push(0, &[0.0, 1.0]).unwrap();
+        i.push(0, &[1.0, 0.0]).unwrap();
+        let (mut top, mut out) = (Vec::new(), Vec::new());
+        i.scores(&[0.6, 0.8], 2, 1, &mut top, &mut out).unwrap();
+        assert!((out[0] - 1.0).abs() < 1e-6);
+        assert_eq!(out[1], f32::NEG_INFINITY);
+        // The mean of the two nearest (1.0 and 0.8), not of all three.
+        i.scores(&[0.6, 0.8], 2, 2, &mut top, &mut out).unwrap();
+        assert!((out[0] - 0.9).abs() < 1e-6);
+        // More k than examples: the mean of what there is.
+        i.scores(&[0.6, 0.8], 2, 5, &mut top, &mut out).unwrap();
+        assert!((out[0] - 0.8).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,551 @@
+//! The proxy-wasm callbacks. The root context embeds the route examples through the sidecar when the
+//! filter starts (retried with backoff until it answers); each request holds its headers until the
+//! body is read (`allow_on_headers_stop_iteration`), decides, sets the route header — which makes
+//! Envoy pick the route again — and lets the request go.
+
+use crate::config::{self, ClientRoute, Config, FailureMode};
+use crate::decide::{self, Decision, Index, Method};
+use filter_core::api::Request;
+use filter_core::config::SidecarConfig;
+use filter_core::{ApiError, ErrorKind, Provider, headers};
+use filter_host::body::{self as host_body, Body};
+use filter_host::metrics::{Family, Metric};
+use filter_host::proxy_wasm::{self, hostcalls, traits::*, types::*};
+use filter_host::reply::send_error;
+use filter_host::sidecar::{self, Sidecar, v1};
+use filter_host::{log, state};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+proxy_wasm::main! {{
+    filter_host::init("semantic-router");
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|id| Box::new(Root {
+        id,
+        shared: None,
+        calls: HashMap::new(),
+        fetched: Vec::new(),
+        failed: false,
+        attempt: 0,
+    }));
+}}
+
+/// Texts per `Embed` call when loading examples (the sidecar accepts 64 by default).
+const EXAMPLE_BATCH: usize = 32;
+/// Deadline of a configure-time `Embed`: many examples take longer than one prompt.
+const EXAMPLE_TIMEOUT_MS: u64 = 30_000;
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// A request that finds the examples missing starts a new attempt at once when the last one began
+/// at least this long ago (the sidecar may be back before the backoff ends).
+const RETRY_NUDGE: Duration = Duration::from_secs(1);
+
+/// Filter-state keys next to `tollgate.route`.
+const STATE_METHOD: &str = "tollgate.route.method";
+const STATE_SCORE: &str = "tollgate.route.score";
+
+/// `tollgate_semantic_router_*`.
+struct Metrics {
+    decisions: Family,
+    methods: Family,
+    /// Similarity × 1000 of the chosen (or best, below threshold) route.
+    similarity: Option<Metric>,
+    sidecar_ms: Option<Metric>,
+    sidecar_errors: Option<Metric>,
+    /// Example vectors loaded (per VM; every VM loads the same).
+    examples: Option<Metric>,
+    /// VMs (one per worker thread, plus the main thread's) whose examples are loaded.
+    ready_vms: Option<Metric>,
+}
+
+impl Metrics {
+    fn new(cfg: &Config) -> Self {
+        Self {
+            decisions: Family::counter("tollgate_semantic_router_decisions", "route", cfg.routes.len()),
+            methods: Family::counter("tollgate_semantic_router_methods", "method", Method::ALL.len()),
+            similarity: Metric::histogram("tollgate_semantic_router_similarity"),
+            sidecar_ms: Metric::histogram("tollgate_semantic_router_sidecar_ms"),
+            sidecar_errors: Metric::counter("tollgate_semantic_router_sidecar_errors"),
+            examples: Metric::gauge("tollgate_semantic_router_examples"),
+            ready_vms: Metric::gauge("tollgate_semantic_router_ready_vms"),
+        }
+    }
+}
+
+struct Shared {
+    config: Config,
+    sidecar: Sidecar,
+    /// The example vectors, once every example is embedded (or at once when all are precomputed).
+    index: RefCell<Option<Index>>,
+    metrics: RefCell<Metrics>,
+    scratch: RefCell<decide::Scratch>,
+    /// Set when the sidecar's vectors cannot be used with the precomputed ones; stops retries.
+    broken: Cell<bool>,
+    root_id: u32,
+    /// Example calls are in flight.
+    loading: Cell<bool>,
+    last_attempt: Cell<SystemTime>,
+}
+
+impl Shared {
+    /// Asks the root context for an attempt now (a request found the examples missing).
+    fn nudge(&self, now: SystemTime, from: u32) {
+        let due = now
+            .duration_since(self.last_attempt.get())
+            .is_ok_and(|d| d >= RETRY_NUDGE);
+        if due && !self.loading.get() && !self.broken.get() {
+            self.last_attempt.set(now);
+            // The calls start from the root (a request's own call would die with the request).
+            let _ = hostcalls::set_effective_context(self.root_id);
+            let _ = hostcalls::set_tick_period(Duration::from_millis(1));
+            let _ = hostcalls::set_effective_context(from);
+        }
+    }
+
+    fn ready(&self, index: Index) {
+        if let Ok(m) = self.metrics.try_borrow() {
+            if let Some(g) = m.examples {
+                g.record(index.len() as u64);
+            }
+            if let Some(g) = m.ready_vms {
+                g.add(1);
+            }
+        }
+        *self.index.borrow_mut() = Some(index);
+    }
+}
+
+struct Root {
+    id: u32,
+    shared: Option<Rc<Shared>>,
+    /// Example-loading calls in flight: token → index of the first example in the batch.
+    calls: HashMap<u32, usize>,
+    fetched: Vec<Option<Vec<f32>>>,
+    failed: bool,
+    attempt: u32,
+}
+
+impl Root {
+    /// Starts one round of `Embed` calls for every pending example.
+    fn load_examples(&mut self) {
+        let Some(shared) = self.shared.clone() else { return };
+        let cfg = &shared.config;
+        let loader = Sidecar::new(SidecarConfig {
+            cluster: cfg.sidecar.cluster.clone(),
+            timeout_ms: EXAMPLE_TIMEOUT_MS,
+        });
+        self.fetched = vec![None; cfg.pending.len()];
+        self.failed = false;
+        self.attempt += 1;
+        shared.last_attempt.set(self.get_current_time());
+        for (n, batch) in cfg.pending.chunks(EXAMPLE_BATCH).enumerate() {
+            let texts = batch.iter().map(|(_, t)| t.clone()).collect();
+            match loader.embed(texts) {
+                Ok(token) => {
+                    self.calls.insert(token, n * EXAMPLE_BATCH);
+                }
+                Err(e) => {
+                    log!(Warn, None, "route examples: {e}");
+                    self.failed = true;
+                }
+            }
+        }
+        self.finish_round();
+    }
+
+    /// After the last call of a round: installs the index, or schedules the next attempt.
+    fn finish_round(&mut self) {
+        let Some(shared) = self.shared.clone() else { return };
+        shared.loading.set(!self.calls.is_empty());
+        if !self.calls.is_empty() {
+            self.set_tick_period(Duration::ZERO);
+            return;
+        }
+        if self.failed {
+            let wait = RETRY_FIRST
+                .saturating_mul(1 << self.attempt.min(6))
+                .min(RETRY_MAX);
+            log!(
+                Warn,
+                None,
+                "route examples not embedded (attempt {}); retrying in {} ms, meanwhile requests that need the sidecar go by failure_mode",
+                self.attempt,
+                wait.as_millis()
+            );
+            self.set_tick_period(wait);
+            return;
+        }
+        self.set_tick_period(Duration::ZERO);
+        let cfg = &shared.config;
+        let mut index = cfg.index.clone();
+        for ((route, _), v) in cfg.pending.iter().zip(std::mem::take(&mut self.fetched)) {
+            let pushed = v
+                .ok_or_else(|| "missing".to_owned())
+                .and_then(|v| index.push(*route, &v));
+            if let Err(e) = pushed {
+                log!(
+                    Critical,
+                    None,
+                    "route examples cannot be used: {e} (are the precomputed `embeddings` from the sidecar's model?)"
+                );
+                shared.broken.set(true);
+                return;
+            }
+        }
+        log!(
+            Info,
+            None,
+            "route examples ready: {} vectors of dimension {} over {} routes",
+            index.len(),
+            index.dimension(),
+            cfg.routes.len()
+        );
+        shared.ready(index);
+    }
+}
+
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, size: usize) {
+        let Some(start) = self.calls.remove(&token) else {
+            return;
+        };
+        match sidecar::reply::<v1::EmbedResponse>(status_code, size) {
+            Ok(r) => {
+                for (i, e) in r.embeddings.into_iter().enumerate() {
+                    if e.truncated {
+                        log!(
+                            Warn,
+                            None,
+                            "route example #{} is longer than the model reads; it was cut",
+                            start + i
+                        );
+                    }
+                    if let Some(slot) = self.fetched.get_mut(start + i) {
+                        *slot = Some(e.values);
+                    }
+                }
+            }
+            Err(e) => {
+                log!(Warn, None, "route examples: {e}");
+                self.failed = true;
+            }
+        }
+        self.finish_round();
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some(config) = filter_host::config::load(config::compile) else {
+            return false;
+        };
+        let ready = config.pending.is_empty();
+        let shared = Rc::new(Shared {
+            metrics: RefCell::new(Metrics::new(&config)),
+            sidecar: Sidecar::new(config.sidecar.clone()),
+            index: RefCell::new(None),
+            scratch: RefCell::new(decide::Scratch::default()),
+            broken: Cell::new(false),
+            root_id: self.id,
+            loading: Cell::new(false),
+            last_attempt: Cell::new(self.get_current_time()),
+            config,
+        });
+        if ready {
+            shared.ready(shared.config.index.clone());
+        }
+        self.shared = Some(shared);
+        if !ready {
+            // The first tick starts the calls: a root context's calls must start from a root callback.
+            self.set_tick_period(Duration::from_millis(1));
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let waiting = self
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.index.borrow().is_none() && !s.broken.get());
+        if waiting && self.calls.is_empty() {
+            self.load_examples();
+        } else {
+            self.set_tick_period(Duration::ZERO);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http {
+            id: context_id,
+            shared: self.shared.clone()?,
+            provider: None,
+            body: Vec::new(),
+            embedding: None,
+            done: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    id: u32,
+    shared: Rc<Shared>,
+    provider: Option<Provider>,
+    /// The buffered request body, kept while the sidecar answers (for a `model` rewrite).
+    body: Vec<u8>,
+    /// An `Embed` in flight, and when it started.
+    embedding: Option<SystemTime>,
+    /// Decided (or replied); later callbacks pass.
+    done: bool,
+}
+
+impl Http {
+    /// Acts on a decision: sets the route header and filter state, rewrites `model` when the route
+    /// says so, counts it. `paused`: the request waits in the body phase and must be resumed.
+    fn apply(&mut self, d: Decision, paused: bool) -> Action {
+        self.done = true;
+        let shared = self.shared.clone();
+        let cfg = &shared.config;
+        if d.method.is_failure() && cfg.failure_mode == FailureMode::Closed {
+            send_error(
+                self.id,
+                &ApiError::new(
+                    ErrorKind::Unavailable,
+                    "routing_unavailable",
+                    "the semantic router could not reach the inference sidecar; the request was not sent",
+                ),
+                &[],
+            );
+            return Action::Pause;
+        }
+        let Some(route) = cfg.routes.get(d.route) else {
+            return self.resume(paused);
+        };
+        self.set_http_request_header(&cfg.header, Some(&route.value));
+        if d.method != Method::Explicit
+            && let (Some(model), Some(provider)) = (&route.model, self.provider)
+        {
+            self.rewrite_model(provider, model);
+        }
+        state::set(headers::state::ROUTE, &route.name);
+        state::set(STATE_METHOD, d.method.name());
+        {
+            let mut m = shared.metrics.borrow_mut();
+            if let Some(c) = m.decisions.get(&route.name) {
+                c.inc();
+            }
+            if let Some(c) = m.methods.get(d.method.name()) {
+                c.inc();
+            }
+            if let (Some(s), Some(h)) = (d.score, m.similarity) {
+                h.record((s.clamp(0.0, 1.0) * 1000.0).round() as u64);
+            }
+        }
+        if let Some(s) = d.score {
+            state::set(STATE_SCORE, &format!("{s:.3}"));
+        }
+        log!(
+            Debug,
+            Some(self.id),
+            "route {} by {}{}",
+            route.name,
+            d.method.name(),
+            d.score
+                .map(|s| format!(" (similarity {s:.3})"))
+                .unwrap_or_default()
+        );
+        self.resume(paused)
+    }
+
+    fn resume(&mut self, paused: bool) -> Action {
+        self.body = Vec::new();
+        if paused {
+            let _ = hostcalls::resume_http_request();
+        }
+        Action::Continue
+    }
+
+    /// Writes the route's model into the buffered body, unless the request already names it.
+    fn rewrite_model(&mut self, provider: Provider, model: &str) {
+        let Ok(mut req) = Request::parse(provider, &self.body) else {
+            return;
+        };
+        if req.model() == model {
+            return;
+        }
+        req.set_model(model);
+        let rewritten = req.to_vec().map_err(|e| e.to_string()).and_then(|b| {
+            host_body::replace(BufferType::HttpRequestBody, self.body.len(), &b).map_err(|s| format!("{s:?}"))
+        });
+        if let Err(e) = rewritten {
+            // The request still goes on its route, with the model the client asked for.
+            log!(Error, Some(self.id), "cannot rewrite the model: {e}");
+        }
+    }
+
+    /// The sidecar could not embed this request's text.
+    fn sidecar_failed(&mut self, why: &str, paused: bool) -> Action {
+        if let Some(m) = self.shared.metrics.borrow().sidecar_errors {
+            m.inc();
+        }
+        log!(Warn, Some(self.id), "no embedding for routing: {why}");
+        self.apply(
+            Decision::new(self.shared.config.default, Method::SidecarFailed),
+            paused,
+        )
+    }
+
+    fn decide(&mut self, provider: Provider, body: Vec<u8>) -> Action {
+        let shared = self.shared.clone();
+        let cfg = &shared.config;
+        self.body = body;
+        let Ok(req) = Request::parse(provider, &self.body) else {
+            return self.apply(Decision::new(cfg.default, Method::InvalidBody), false);
+        };
+        if let Some(r) = decide::explicit_model(cfg, req.model()) {
+            return self.apply(Decision::new(r, Method::Explicit), false);
+        }
+        let Some(text) = decide::routing_text(&req, cfg.input.source) else {
+            return self.apply(Decision::new(cfg.default, Method::NoText), false);
+        };
+        if let Some(r) = decide::fast_path(cfg, &text) {
+            return self.apply(Decision::new(r, Method::Keyword), false);
+        }
+        if !cfg.is_semantic() {
+            return self.apply(Decision::new(cfg.default, Method::BelowThreshold), false);
+        }
+        if shared.index.borrow().is_none() {
+            shared.nudge(self.get_current_time(), self.id);
+            return self.apply(Decision::new(cfg.default, Method::NotReady), false);
+        }
+        let input = decide::truncate(&text, cfg.input.max_bytes()).to_owned();
+        match shared.sidecar.embed(vec![input]) {
+            Ok(_) => {
+                self.embedding = Some(self.get_current_time());
+                Action::Pause
+            }
+            Err(e) => self.sidecar_failed(&e.to_string(), false),
+        }
+    }
+}
+
+impl Context for Http {
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, size: usize) {
+        let Some(started) = self.embedding.take() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        if let (Ok(d), Some(h)) = (
+            self.get_current_time().duration_since(started),
+            shared.metrics.borrow().sidecar_ms,
+        ) {
+            h.record(d.as_millis() as u64);
+        }
+        let reply = match sidecar::reply::<v1::EmbedResponse>(status_code, size) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.sidecar_failed(&e.to_string(), true);
+                return;
+            }
+        };
+        let Some(q) = reply.embeddings.first() else {
+            let _ = self.sidecar_failed("the reply holds no embedding", true);
+            return;
+        };
+        let decision = {
+            let index = shared.index.borrow();
+            let mut scratch = shared.scratch.borrow_mut();
+            index
+                .as_ref()
+                .and_then(|i| decide::nearest(&shared.config, i, &q.values, &mut scratch))
+        };
+        match decision {
+            Some(d) => {
+                let _ = self.apply(d, true);
+            }
+            None => {
+                let why = format!(
+                    "the sidecar's vector has {} values, the examples another dimension",
+                    q.values.len()
+                );
+                let _ = self.sidecar_failed(&why, true);
+            }
+        }
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        let shared = self.shared.clone();
+        let cfg = &shared.config;
+        if let Some(sent) = self.get_http_request_header(&cfg.header) {
+            if cfg.client_route == ClientRoute::Honor
+                && let Some(r) = cfg.route_by_value(&sent)
+            {
+                return self.apply(Decision::new(r, Method::Explicit), false);
+            }
+            // The route is the gateway's decision: a client's copy never reaches the route table.
+            self.set_http_request_header(&cfg.header, None);
+        }
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        self.provider = Provider::from_path(&path).filter(|p| *p != Provider::OpenAiEmbeddings);
+        if self.provider.is_none() || end_of_stream {
+            // Not a prompt: Envoy's routes without the header take it.
+            self.done = true;
+            return Action::Continue;
+        }
+        if cfg.rewrites_model() {
+            // A rewritten body has another length.
+            self.set_http_request_header("content-length", None);
+        }
+        // Wait for the body (needs allow_on_headers_stop_iteration: true in the Envoy config).
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.done {
+            return Action::Continue;
+        }
+        if self.embedding.is_some() {
+            return Action::Pause;
+        }
+        let Some(provider) = self.provider else {
+            return Action::Continue;
+        };
+        match host_body::collect(
+            BufferType::HttpRequestBody,
+            body_size,
+            end_of_stream,
+            self.shared.config.max_body_bytes,
+        ) {
+            Body::Wait(a) => a,
+            Body::TooLarge(e) => {
+                self.done = true;
+                send_error(self.id, &e, &[]);
+                Action::Pause
+            }
+            Body::Complete(b) => self.decide(provider, b),
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _n: usize) -> Action {
+        if self.done {
+            return Action::Continue;
+        }
+        // Trailers end the body without an end-of-stream body callback: decide on what came.
+        let Some(provider) = self.provider else {
+            return Action::Continue;
+        };
+        if self.embedding.is_some() {
+            return Action::Pause;
+        }
+        let size = self.shared.config.max_body_bytes;
+        let body = self.get_http_request_body(0, size).unwrap_or_default();
+        self.decide(provider, body)
+    }
+}
