@@ -328,7 +328,9 @@ impl Envoy {
     /// Envoy's next stats flush (every 5 s by default); `None` before any sample was flushed.
     pub fn histogram_quantile(&self, name: &str, q: &str) -> Option<f64> {
         let body = http_get_body("127.0.0.1", self.admin_port, &format!("/stats?filter={name}"))?;
-        let line = body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))?;
+        let line = body
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))?;
         // `P0(nan,1) P25(nan,1.025) P50(2,1.05) …`: (interval, cumulative).
         line.split_whitespace()
             .find_map(|t| t.strip_prefix(q)?.strip_prefix('(')?.strip_suffix(')'))

@@ -52,7 +52,8 @@ struct Metrics {
     methods: Family,
     /// Similarity × 1000 of the chosen (or best, below threshold) route.
     similarity: Option<Metric>,
-    sidecar_ms: Option<Metric>,
+    /// Time from the `Embed` call to its answer, in microseconds.
+    sidecar_us: Option<Metric>,
     sidecar_errors: Option<Metric>,
     /// Example vectors loaded (per VM; every VM loads the same).
     examples: Option<Metric>,
@@ -66,7 +67,7 @@ impl Metrics {
             decisions: Family::counter("tollgate_semantic_router_decisions", "route", cfg.routes.len()),
             methods: Family::counter("tollgate_semantic_router_methods", "method", Method::ALL.len()),
             similarity: Metric::histogram("tollgate_semantic_router_similarity"),
-            sidecar_ms: Metric::histogram("tollgate_semantic_router_sidecar_ms"),
+            sidecar_us: Metric::histogram("tollgate_semantic_router_sidecar_us"),
             sidecar_errors: Metric::counter("tollgate_semantic_router_sidecar_errors"),
             examples: Metric::gauge("tollgate_semantic_router_examples"),
             ready_vms: Metric::gauge("tollgate_semantic_router_ready_vms"),
@@ -442,9 +443,9 @@ impl Context for Http {
         let shared = self.shared.clone();
         if let (Ok(d), Some(h)) = (
             self.get_current_time().duration_since(started),
-            shared.metrics.borrow().sidecar_ms,
+            shared.metrics.borrow().sidecar_us,
         ) {
-            h.record(d.as_millis() as u64);
+            h.record(d.as_micros() as u64);
         }
         let reply = match sidecar::reply::<v1::EmbedResponse>(status_code, size) {
             Ok(r) => r,
