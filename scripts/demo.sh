@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs the Tollgate demo in the foreground: installs and builds what is missing, starts the mock
 # LLM upstream, the inference sidecar and Envoy with envoy/envoy.yaml plus the landed filters
-# (envoy/filters/*.yaml: prompt-templater, content-moderator, token-counter), prints requests to paste.
-# Ctrl-C stops everything. Ports: TOLLGATE_PORT (10000), TOLLGATE_ADMIN_PORT (9901),
-# TOLLGATE_UPSTREAM_PORT (8081), TOLLGATE_SIDECAR_PORT (50051), TOLLGATE_SIDECAR_METRICS_PORT (9464).
+# (envoy/filters/*.yaml: prompt-templater, content-moderator, semantic-router, token-counter), prints
+# requests to paste. Ctrl-C stops everything. Ports: TOLLGATE_PORT (10000), TOLLGATE_ADMIN_PORT
+# (9901), TOLLGATE_UPSTREAM_PORT (8081), TOLLGATE_ROUTED_PORTS ("8091 8092 8093 8094": the providers
+# of the code, math and support routes; one mock process serves them all), TOLLGATE_SIDECAR_PORT
+# (50051), TOLLGATE_SIDECAR_METRICS_PORT (9464).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -11,6 +13,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 PORT=${TOLLGATE_PORT:-10000}
 ADMIN_PORT=${TOLLGATE_ADMIN_PORT:-9901}
 UPSTREAM_PORT=${TOLLGATE_UPSTREAM_PORT:-8081}
+read -r -a ROUTED_PORTS <<<"${TOLLGATE_ROUTED_PORTS:-8091 8092 8093 8094}"
+[ ${#ROUTED_PORTS[@]} -eq 4 ] || { echo "[demo] TOLLGATE_ROUTED_PORTS needs 4 ports" >&2; exit 2; }
 SIDECAR_PORT=${TOLLGATE_SIDECAR_PORT:-50051}
 SIDECAR_METRICS_PORT=${TOLLGATE_SIDECAR_METRICS_PORT:-9464}
 
@@ -24,10 +28,14 @@ mkdir -p "$run"
 sed -e "s/port_value: 10000\$/port_value: $PORT/" \
     -e "s/port_value: 9901\$/port_value: $ADMIN_PORT/" \
     -e "s/port_value: 8081\$/port_value: $UPSTREAM_PORT/" \
+    -e "s/port_value: 8091\$/port_value: ${ROUTED_PORTS[0]}/" \
+    -e "s/port_value: 8092\$/port_value: ${ROUTED_PORTS[1]}/" \
+    -e "s/port_value: 8093\$/port_value: ${ROUTED_PORTS[2]}/" \
+    -e "s/port_value: 8094\$/port_value: ${ROUTED_PORTS[3]}/" \
     -e "s/port_value: 50051\$/port_value: $SIDECAR_PORT/" envoy/envoy.yaml >"$run/envoy.yaml"
 # The filters that have landed, from their snippets in envoy/filters/, in the chain's order, just
 # before the router.
-python3 - "$run/envoy.yaml" "$PWD" envoy/filters/prompt-templater.yaml envoy/filters/content-moderator.yaml envoy/filters/token-counter.yaml <<'PY'
+python3 - "$run/envoy.yaml" "$PWD" envoy/filters/prompt-templater.yaml envoy/filters/content-moderator.yaml envoy/filters/semantic-router.yaml envoy/filters/token-counter.yaml <<'PY'
 import sys
 path, root, snippets = sys.argv[1], sys.argv[2], sys.argv[3:]
 router = "                  - name: envoy.filters.http.router\n"
@@ -50,7 +58,9 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-target/debug/mock-llm --listen "127.0.0.1:$UPSTREAM_PORT" 2>"$run/mock-llm.log" &
+listen=(--listen "127.0.0.1:$UPSTREAM_PORT")
+for p in "${ROUTED_PORTS[@]}"; do listen+=(--listen "127.0.0.1:$p"); done
+target/debug/mock-llm "${listen[@]}" 2>"$run/mock-llm.log" &
 pids+=($!)
 target/release/tollgate-sidecar --listen "127.0.0.1:$SIDECAR_PORT" \
   --metrics-addr "127.0.0.1:$SIDECAR_METRICS_PORT" --label-sets sidecar/label-sets.json \
@@ -74,7 +84,7 @@ cat <<TXT
 Tollgate demo is up.
   gateway  $GW            (Envoy, envoy/envoy.yaml)
   admin    http://127.0.0.1:$ADMIN_PORT   (stats: /stats/prometheus)
-  upstream http://127.0.0.1:$UPSTREAM_PORT  (mock OpenAI/Anthropic provider)
+  upstream http://127.0.0.1:$UPSTREAM_PORT  (mock OpenAI/Anthropic provider; the routed providers on ${ROUTED_PORTS[*]})
   sidecar  127.0.0.1:$SIDECAR_PORT (gRPC, tollgate.inference.v1; metrics http://127.0.0.1:$SIDECAR_METRICS_PORT/metrics)
   logs     $run/envoy.log, access log: $run/access.log
 
@@ -101,6 +111,12 @@ Try, in another terminal:
   curl -s $GW/v1/chat/completions -H 'content-type: application/json' -H 'x-mock-echo: 1' \\
     -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"My card is 4111 1111 1111 1111, mail me at jane@example.com"}]}'
 
+  # Routed by meaning: the semantic router embeds the prompt through the sidecar and sets
+  # x-tollgate-route; Envoy's route table sends it to llm_math (the access log shows route and cluster)
+  curl -s $GW/v1/chat/completions -H 'content-type: application/json' \
+    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"What is the integral of x squared from 0 to 3?"}]}' >/dev/null
+  tail -n 1 $run/access.log | python3 -c 'import json,sys; e=json.load(sys.stdin); print({k: e[k] for k in ("route","route_method","route_score","upstream")})'
+
   # Prompt + max_tokens over gpt-4o's 128000-token context: 400 before the provider is called
   curl -s $GW/v1/chat/completions -H 'content-type: application/json' \\
     -d '{"model":"gpt-4o","max_tokens":130000,"messages":[{"role":"user","content":"Hello"}]}'
@@ -121,8 +137,9 @@ Try, in another terminal:
   curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep 'downstream_rq_xx{.*prefix="tollgate"'
   curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep '^tollgate_token_counter'
   curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep '^tollgate_content_moderator'
+  curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep '^tollgate_semantic_router'
 
-  # The access log has the per-request AI fields (model, tokens, cost, moderation verdict)
+  # The access log has the per-request AI fields (model, tokens, cost, moderation verdict, route)
   tail -n 3 $run/access.log
 
   # Envoy's gRPC health checks of the inference sidecar, and the sidecar's own metrics

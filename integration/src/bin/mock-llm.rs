@@ -1,16 +1,17 @@
-//! `mock-llm [--listen 127.0.0.1:8081]` — the mock OpenAI/Anthropic upstream for the demo and tests.
+//! `mock-llm [--listen 127.0.0.1:8081]…` — the mock OpenAI/Anthropic upstream for the demo and tests.
+//! `--listen` may repeat: one process then stands for several providers (the demo's routed clusters).
 
 use std::sync::Arc;
 use tollgate_it::mock::{Journal, serve};
 
 fn main() -> std::process::ExitCode {
-    let mut listen = "127.0.0.1:8081".to_owned();
+    let mut listen: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match (a.as_str(), args.next()) {
-            ("--listen", Some(v)) => listen = v,
+            ("--listen", Some(v)) => listen.push(v),
             _ => {
-                eprintln!("usage: mock-llm [--listen ADDR:PORT]");
+                eprintln!("usage: mock-llm [--listen ADDR:PORT]...");
                 return std::process::ExitCode::from(2);
             }
         }
@@ -26,20 +27,28 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if listen.is_empty() {
+        listen.push("127.0.0.1:8081".to_owned());
+    }
     rt.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(&listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("mock-llm: cannot listen on {listen}: {e}");
-                return std::process::ExitCode::FAILURE;
-            }
-        };
+        let journal = Arc::new(Journal::default());
+        let mut servers = tokio::task::JoinSet::new();
+        for addr in &listen {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("mock-llm: cannot listen on {addr}: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            servers.spawn(serve(listener, journal.clone()));
+        }
         // Load the tokenizer tables before the first request, so its latency is the mock's own.
         let _ = tollgate_it::tokens::count("gpt-4o", "warm up");
         let _ = tollgate_it::tokens::count("gpt-4", "warm up");
-        eprintln!("mock-llm: listening on {listen}");
+        eprintln!("mock-llm: listening on {}", listen.join(", "));
         tokio::select! {
-            () = serve(listener, Arc::new(Journal::default())) => {}
+            _ = servers.join_next() => {}
             _ = tokio::signal::ctrl_c() => eprintln!("mock-llm: stopping"),
         }
         std::process::ExitCode::SUCCESS
