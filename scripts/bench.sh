@@ -8,7 +8,8 @@
 # ES256, verified-token caches off and on); `content-moderator` (1 KB / 32 KB prompts and a
 # streamed reply with every detector on, vs bare Envoy); `semantic-router` (keyword, repeated and
 # distinct prompts through the shipped snippet and the release sidecar, vs bare Envoy, with the
-# filter's sidecar time shown apart).
+# filter's sidecar time shown apart); `response-cache` (an exact hit, and misses with and without
+# the semantic lookup, vs bare Envoy).
 # Run all: scripts/bench.sh; one: scripts/bench.sh token-counter.
 # Results print as Markdown; they are measurements of this machine, not assertions.
 # TOLLGATE_BENCH_SIDECAR_ARGS adds flags to the benchmarked sidecar (e.g. "--workers 1").
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(sidecar token-counter prompt-templater jwt-auth content-moderator semantic-router)
+[ ${#sections[@]} -gt 0 ] || sections=(sidecar token-counter prompt-templater jwt-auth content-moderator semantic-router response-cache)
 step() { printf '\n\033[1m[bench]\033[0m %s\n' "$*"; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
@@ -93,21 +94,24 @@ bench_token_counter() {
   target/release/bench-token-counter --seconds "${TOLLGATE_BENCH_SECONDS:-5}" --json "$run/token-counter.json"
 }
 
-bench_semantic_router() {
+# Runs bench-<name> against a fresh release sidecar (filters that call it: semantic-router,
+# response-cache).
+bench_with_sidecar() {
+  local name=$1
   need_wrk
   step "build: wasm filters, the release sidecar and the benchmark driver"
   cargo wasm -q
   cargo build -q --release -p inference-sidecar --bin tollgate-sidecar
-  cargo build -q --release -p integration-tests --bin bench-semantic-router
+  cargo build -q --release -p integration-tests --bin "bench-$name"
   local port
   port=$(free_port)
   target/release/tollgate-sidecar --listen "127.0.0.1:$port" --metrics-addr off \
-    --label-sets sidecar/label-sets.json 2>"$run/sidecar-router.log" &
+    --label-sets sidecar/label-sets.json 2>"$run/sidecar-$name.log" &
   local pid=$!; pids+=("$pid")
   wait_port "$port"
-  step "semantic-router: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-  target/release/bench-semantic-router --sidecar "127.0.0.1:$port" \
-    --seconds "${TOLLGATE_BENCH_SECONDS:-5}" --json "$run/semantic-router.json"
+  step "$name: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  "target/release/bench-$name" --sidecar "127.0.0.1:$port" \
+    --seconds "${TOLLGATE_BENCH_SECONDS:-5}" --json "$run/$name.json"
   kill "$pid" 2>/dev/null || true
 }
 
@@ -118,7 +122,8 @@ for s in "${sections[@]}"; do
     prompt-templater) bench_prompt_templater ;;
     jwt-auth) bench_jwt_auth ;;
     content-moderator) bench_content_moderator ;;
-    semantic-router) bench_semantic_router ;;
-    *) echo "unknown section: $s (known: sidecar, token-counter, prompt-templater, jwt-auth, content-moderator, semantic-router)" >&2; exit 2 ;;
+    semantic-router) bench_with_sidecar semantic-router ;;
+    response-cache) bench_with_sidecar response-cache ;;
+    *) echo "unknown section: $s (known: sidecar, token-counter, prompt-templater, jwt-auth, content-moderator, semantic-router, response-cache)" >&2; exit 2 ;;
   esac
 done

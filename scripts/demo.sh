@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the Tollgate demo in the foreground: installs and builds what is missing, starts the mock
 # LLM upstream, the inference sidecar and Envoy with envoy/envoy.yaml plus the landed filters
-# (envoy/filters/*.yaml: prompt-templater, content-moderator, semantic-router, token-counter), prints
+# (envoy/filters/*.yaml: prompt-templater, content-moderator, semantic-router, response-cache,
+# token-counter), prints
 # requests to paste. Ctrl-C stops everything. Ports: TOLLGATE_PORT (10000), TOLLGATE_ADMIN_PORT
 # (9901), TOLLGATE_UPSTREAM_PORT (8081), TOLLGATE_ROUTED_PORTS ("8091 8092 8093 8094": the providers
 # of the code, math and support routes; one mock process serves them all), TOLLGATE_SIDECAR_PORT
@@ -35,7 +36,7 @@ sed -e "s/port_value: 10000\$/port_value: $PORT/" \
     -e "s/port_value: 50051\$/port_value: $SIDECAR_PORT/" envoy/envoy.yaml >"$run/envoy.yaml"
 # The filters that have landed, from their snippets in envoy/filters/, in the chain's order, just
 # before the router.
-python3 - "$run/envoy.yaml" "$PWD" envoy/filters/prompt-templater.yaml envoy/filters/content-moderator.yaml envoy/filters/semantic-router.yaml envoy/filters/token-counter.yaml <<'PY'
+python3 - "$run/envoy.yaml" "$PWD" envoy/filters/prompt-templater.yaml envoy/filters/content-moderator.yaml envoy/filters/semantic-router.yaml envoy/filters/response-cache.yaml envoy/filters/token-counter.yaml <<'PY'
 import sys
 path, root, snippets = sys.argv[1], sys.argv[2], sys.argv[3:]
 router = "                  - name: envoy.filters.http.router\n"
@@ -117,6 +118,15 @@ Try, in another terminal:
     -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"What is the integral of x squared from 0 to 3?"}]}' >/dev/null
   tail -n 1 $run/access.log | python3 -c 'import json,sys; e=json.load(sys.stdin); print({k: e[k] for k in ("route","route_method","route_score","upstream")})'
 
+  # A cache hit: the same deterministic (temperature 0) question twice; the second answer comes
+  # from the gateway (x-tollgate-cache: hit, age), a paraphrase from the semantic cache. The tenant
+  # header scopes the cache; in production jwt-auth sets it from the token.
+  for q in 'What is the capital of France?' 'What is the capital of France?' "What's the capital city of France?"; do
+    curl -si $GW/v1/chat/completions -H 'content-type: application/json' -H 'x-tollgate-tenant: acme' \
+      -d "{\"model\":\"gpt-4o-mini\",\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"\$q\"}]}" \
+      | grep -i '^x-tollgate-cache'; sleep 0.2
+  done
+
   # Prompt + max_tokens over gpt-4o's 128000-token context: 400 before the provider is called
   curl -s $GW/v1/chat/completions -H 'content-type: application/json' \\
     -d '{"model":"gpt-4o","max_tokens":130000,"messages":[{"role":"user","content":"Hello"}]}'
@@ -138,6 +148,7 @@ Try, in another terminal:
   curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep '^tollgate_token_counter'
   curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep '^tollgate_content_moderator'
   curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep '^tollgate_semantic_router'
+  curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep '^tollgate_response_cache'
 
   # The access log has the per-request AI fields (model, tokens, cost, moderation verdict, route)
   tail -n 3 $run/access.log

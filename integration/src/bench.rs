@@ -70,9 +70,9 @@ pub fn wrk_with_headers(
     run_wrk(&script, &lua, url, seconds, connections)
 }
 
-/// [`wrk`] with a body that differs per request: the first `marker` in the serialised
-/// `body` becomes a per-connection counter, so no two requests of a connection are the same (a
-/// cache below the gateway cannot answer them from memory).
+/// [`wrk`] with a body that differs per request: the first `marker` in the serialised `body`
+/// becomes a run-unique prefix and a counter, so no two requests are the same (a cache below the
+/// gateway cannot answer them from memory). Use with one wrk thread (`wrk` here runs `-t1`).
 pub fn wrk_varying(
     url: &str,
     body: &Value,
@@ -89,13 +89,17 @@ pub fn wrk_varying(
     std::fs::write(&pre_path, pre)?;
     std::fs::write(&post_path, post)?;
     let script = dir.join("varying.lua");
+    // A prefix unique to this run: no two runs (nor two wrk threads) send the same text.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let lua = format!(
         "local function slurp(p) local f = io.open(p, 'rb'); local s = f:read('*a'); f:close(); return s end\n\
          local pre, post = slurp({:?}), slurp({:?})\n\
          local n = 0\n\
          wrk.method = 'POST'\n\
          wrk.headers['content-type'] = 'application/json'\n\
-         request = function() n = n + 1; return wrk.format(nil, nil, nil, pre .. tostring(n) .. ' ' .. tostring(math.random(1000000)) .. post) end\n",
+         request = function() n = n + 1; return wrk.format(nil, nil, nil, pre .. '{run}-' .. tostring(n) .. post) end\n",
         pre_path.display().to_string(),
         post_path.display().to_string()
     );

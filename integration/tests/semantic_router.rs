@@ -155,7 +155,16 @@ async fn embed(sc: &sidecar::background::Background, texts: Vec<String>) -> Vec<
 async fn labelled_prompts_reach_their_clusters() {
     let sc = start_sidecar();
     let p = Providers::start();
-    let envoy = Envoy::start(p.options(sc.addr.port()).snippet(SNIPPET)).unwrap();
+    // The shipped configuration with a deadline for a loaded test machine (other test binaries'
+    // sidecars may share the cores): a timeout here would measure the machine, not the routing.
+    let mut cfg = snippet_config(SNIPPET).unwrap();
+    cfg["sidecar"]["timeout_ms"] = json!(5000);
+    let envoy = Envoy::start(p.options(sc.addr.port()).wasm_filter_reading_body(
+        "semantic-router",
+        "semantic_router.wasm",
+        &cfg,
+    ))
+    .unwrap();
     wait_examples(&envoy, examples_in_snippet(), Duration::from_secs(60)).await;
 
     let set = labelled();
@@ -337,6 +346,7 @@ async fn the_route_is_the_gateways_decision() {
         json!({
             "default_route": "general",
             "client_route": client_route,
+            "top_k": 1,
             "sidecar": {"timeout_ms": 2000},
             "routes": [
                 {"name": "code", "embeddings": code, "model": "coder-model", "models": ["my-own-coder"]},
@@ -379,7 +389,8 @@ async fn the_route_is_the_gateways_decision() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(p.reached(&b), "code");
     let got = p.code.journal.last().unwrap();
-    assert_eq!(got.header("x-tollgate-route"), Some("code"));
+    // Envoy removes the internal label before the provider.
+    assert_eq!(got.header("x-tollgate-route"), None);
     assert_eq!(got.json().unwrap()["model"], "coder-model");
     assert_eq!(
         got.json().unwrap()["messages"][0]["content"],
@@ -416,9 +427,18 @@ async fn the_route_is_the_gateways_decision() {
     );
     assert_eq!(sidecar_metric(&sc, EMBED_OK).await, before);
 
-    // Not a prompt (no body, another API): no route header, Envoy's catch-all route.
+    // Not a prompt (no body, another API): no route header, Envoy's catch-all route; a client's
+    // own route header does not pick a cluster either.
     let b = p.counts();
-    let r = Client::new().get(&envoy.url("/v1/models")).await.unwrap();
+    let r = Client::new()
+        .request(
+            "GET",
+            &envoy.url("/v1/models"),
+            &[("x-tollgate-route", "code")],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
     assert!(r.status < 500, "{}", r.text());
     assert_eq!(p.reached(&b), "general");
     assert_eq!(p.general.journal.last().unwrap().header("x-tollgate-route"), None);
@@ -437,12 +457,17 @@ async fn the_route_is_the_gateways_decision() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(p.reached(&b), "general");
 
-    // With client_route: honor, a header naming a configured route is kept.
-    let honoring = Envoy::start(p.options(sc.addr.port()).wasm_filter_reading_body(
-        "semantic-router",
-        "semantic_router.wasm",
-        &config("honor", &code, &math, &general),
-    ))
+    // With client_route: honor (and envoy.yaml's early removal of the header taken out), a header
+    // naming a configured route is kept.
+    let honoring = Envoy::start(
+        p.options(sc.addr.port())
+            .replace("- remove: x-tollgate-route", "- remove: x-not-removed")
+            .wasm_filter_reading_body(
+                "semantic-router",
+                "semantic_router.wasm",
+                &config("honor", &code, &math, &general),
+            ),
+    )
     .unwrap();
     let b = p.counts();
     let r = send(
@@ -630,5 +655,83 @@ async fn a_body_over_the_limit_is_refused() {
     let r = send(&envoy, &chat(&"long ".repeat(400)), &[]).await;
     assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "request_too_large");
+    // The filter's own reply (Envoy's buffer limit is 1 MiB; local_reply_config rewrites every
+    // 413's message, so the filter's log line tells who answered).
+    let said = |l: &str| l.contains("[tollgate.semantic-router]") && l.contains("local reply 413");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !said(&envoy.log()) {
+        assert!(
+            Instant::now() < deadline,
+            "no local reply logged:\n{}",
+            envoy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(p.counts().iter().sum::<usize>(), 0);
+}
+
+/// A sidecar that accepts connections and never answers: each request waits the configured
+/// deadline, no more, then takes the default route (open) or gets 503 (closed). The examples are
+/// precomputed, so the filter is ready without the sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_hangs_costs_the_deadline_and_no_more() {
+    let sc = start_sidecar();
+    let code = embed(&sc, vec!["Fix the bug in my Python function".to_owned()]).await;
+    let general = embed(&sc, vec!["Write a poem about the sea".to_owned()]).await;
+    sc.stop();
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hang.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept() {
+            held.push(s);
+        }
+    });
+    let p = Providers::start();
+    let config = |mode: &str| {
+        json!({"default_route": "general", "top_k": 1, "failure_mode": mode,
+               "sidecar": {"timeout_ms": 200},
+               "routes": [{"name": "code", "embeddings": code}, {"name": "general", "embeddings": general}]})
+    };
+    let open = Envoy::start(p.options(port).wasm_filter_reading_body(
+        "semantic-router",
+        "semantic_router.wasm",
+        &config("open"),
+    ))
+    .unwrap();
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(
+            route_of(&open, &p, "My Python function crashes with a KeyError").await,
+            "general"
+        );
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(190) && took < Duration::from_millis(600),
+            "{took:?}"
+        );
+    }
+    let log = open.wait_access_log(3);
+    assert!(
+        log.iter().all(|e| e["route_method"] == "sidecar_failed"),
+        "{log:?}"
+    );
+
+    let closed = Envoy::start(p.options(port).wasm_filter_reading_body(
+        "semantic-router",
+        "semantic_router.wasm",
+        &config("closed"),
+    ))
+    .unwrap();
+    let before = p.counts();
+    let t = Instant::now();
+    let r = send(&closed, &chat("My Python function crashes with a KeyError"), &[]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "routing_unavailable");
+    assert!(t.elapsed() < Duration::from_millis(600));
+    assert_eq!(p.counts(), before);
+    assert_eq!(
+        closed.stat("wasmcustom.tollgate_semantic_router_methods.method.sidecar_failed"),
+        Some(1)
+    );
 }

@@ -20,7 +20,11 @@ pub fn filter_name() -> &'static str {
 }
 
 /// Logs through the host. A failing log call has nowhere to report to, so its status is dropped.
+/// A line below Envoy's current level is not even formatted (debug lines cost nothing at info).
 pub fn write(level: LogLevel, context_id: Option<u32>, args: Arguments<'_>) {
+    if hostcalls::get_log_level().is_ok_and(|current| (level as u32) < (current as u32)) {
+        return;
+    }
     let msg = match context_id {
         Some(id) => format!("[tollgate.{}] #{id} {args}", filter_name()),
         None => format!("[tollgate.{}] {args}", filter_name()),

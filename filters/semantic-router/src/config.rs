@@ -174,6 +174,8 @@ pub struct Config {
     pub index: Index,
     /// Example texts the sidecar must embed before semantic decisions can be made, with their route.
     pub pending: Vec<(usize, String)>,
+    /// Whether a decision may rewrite the body (then `content-length` must go).
+    pub rewrites_model: bool,
 }
 
 impl Config {
@@ -184,11 +186,6 @@ impl Config {
 
     pub fn route_by_value(&self, value: &str) -> Option<usize> {
         self.routes.iter().position(|r| r.value == value)
-    }
-
-    /// Whether a decision may rewrite the body (then `content-length` must go).
-    pub fn rewrites_model(&self) -> bool {
-        self.routes.iter().any(|r| r.model.is_some())
     }
 }
 
@@ -227,10 +224,21 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("{} routes; at most {MAX_ROUTES}", raw.routes.len()),
         ));
     }
-    if !headers::is_valid_name(&raw.header) {
+    let contract = [
+        headers::SUBJECT,
+        headers::TENANT,
+        headers::CACHE,
+        headers::TEMPLATE,
+        headers::PROMPT_TOKENS,
+        headers::BUDGET_REMAINING,
+    ];
+    if !headers::is_valid_name(&raw.header)
+        || !raw.header.starts_with("x-")
+        || contract.contains(&raw.header.as_str())
+    {
         return Err(ConfigError::field(
             "header",
-            "must be a lower-case header name (letters, digits, `-`, `_`)",
+            "must be a lower-case `x-` header name (letters, digits, `-`, `_`) that no other Tollgate filter sets",
         ));
     }
     if !valid_threshold(raw.threshold) {
@@ -296,11 +304,18 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("{threshold} is outside (-1, 1]"),
             ));
         }
-        if r.model.as_deref().is_some_and(|m| m.trim().is_empty()) {
-            return Err(ConfigError::field(format!("{at}.model"), "must not be empty"));
+        if r.model
+            .as_deref()
+            .is_some_and(|m| m.trim().is_empty() || m.trim() != m)
+        {
+            return Err(ConfigError::field(
+                format!("{at}.model"),
+                "must be a model name without surrounding spaces",
+            ));
         }
         for (j, m) in r.models.iter().enumerate() {
-            let taken = routes.iter().any(|x: &Route| x.models.contains(m));
+            let taken = routes.iter().any(|x: &Route| x.models.contains(m))
+                || r.models.get(..j).is_some_and(|earlier| earlier.contains(m));
             if m.is_empty() || taken {
                 return Err(ConfigError::field(
                     format!("{at}.models[{j}]"),
@@ -353,7 +368,17 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 pending.push((i, e.clone()));
             }
         }
-        examples += r.examples.len().max(r.embeddings.len());
+        let count = r.examples.len().max(r.embeddings.len());
+        if count > 0 && count < raw.top_k {
+            return Err(ConfigError::field(
+                format!("{at}.examples"),
+                format!(
+                    "{count} examples but top_k is {}: a route's score is the mean of its top_k nearest examples; add examples or lower top_k",
+                    raw.top_k
+                ),
+            ));
+        }
+        examples += count;
         if examples > MAX_EXAMPLES {
             return Err(ConfigError::field(
                 format!("{at}.examples"),
@@ -387,7 +412,9 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 .map_err(|e| ConfigError::field("routes", format!("keywords and patterns: {e}")))?,
         )
     };
+    let rewrites_model = routes.iter().any(|r| r.model.is_some());
     Ok(Config {
+        rewrites_model,
         routes,
         default,
         header: raw.header,
@@ -433,7 +460,8 @@ mod tests {
                 {"name": "math", "embeddings": [[3.0, 4.0]], "patterns": ["\\d+\\s*[+*/-]\\s*\\d+"]},
                 {"name": "general"}
             ],
-            "default_route": "general"
+            "default_route": "general",
+            "top_k": 1
         }))
         .unwrap();
         assert_eq!(c.header, "x-tollgate-route");
@@ -443,7 +471,7 @@ mod tests {
         assert_eq!(c.client_route, ClientRoute::Strip);
         assert_eq!(c.routes[0].value, "code");
         assert!((c.routes[1].threshold - 0.1).abs() < 1e-6);
-        assert_eq!(c.top_k, 3);
+        assert_eq!(c.top_k, 1);
         assert_eq!(c.pending, vec![(0, "fix my rust".to_owned())]);
         assert_eq!(c.index.len(), 1);
         assert_eq!(c.fast_route, vec![0, 0, 1]);
@@ -452,7 +480,7 @@ mod tests {
         assert!(set.is_match("why does C++ do this"));
         assert!(!set.is_match("stack traces")); // whole words only
         assert!(set.is_match("what is 12 * 7"));
-        assert!(c.rewrites_model());
+        assert!(c.rewrites_model);
         assert!(c.is_semantic());
     }
 
@@ -523,6 +551,22 @@ mod tests {
             (
                 json!({"routes": [{"name": "a"}], "default_route": "a", "header": "X-Route"}),
                 "header",
+            ),
+            (
+                json!({"routes": [{"name": "a"}], "default_route": "a", "header": "authorization"}),
+                "header",
+            ),
+            (
+                json!({"routes": [{"name": "a"}], "default_route": "a", "header": "x-tollgate-tenant"}),
+                "header",
+            ),
+            (
+                json!({"routes": [{"name": "a", "examples": ["x", "y"]}], "default_route": "a"}),
+                "routes[0].examples",
+            ),
+            (
+                json!({"routes": [{"name": "a", "models": ["m", "m"]}], "default_route": "a"}),
+                "routes[0].models[1]",
             ),
             (
                 json!({"routes": [{"name": "a"}], "default_route": "a", "input": {"max_tokens": 0}}),

@@ -40,7 +40,9 @@ const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// A request that finds the examples missing starts a new attempt at once when the last one began
 /// at least this long ago (the sidecar may be back before the backoff ends).
-const RETRY_NUDGE: Duration = Duration::from_secs(1);
+const RETRY_NUDGE: Duration = Duration::from_secs(5);
+/// The keyword fast path reads this much of the text (a stack trace is near the start).
+const KEYWORD_BYTES: usize = 16 * 1024;
 
 /// Filter-state keys next to `tollgate.route`.
 const STATE_METHOD: &str = "tollgate.route.method";
@@ -142,14 +144,22 @@ impl Root {
         self.attempt += 1;
         shared.last_attempt.set(self.get_current_time());
         for (n, batch) in cfg.pending.chunks(EXAMPLE_BATCH).enumerate() {
-            let texts = batch.iter().map(|(_, t)| t.clone()).collect();
+            // Cut like a request's text, so an example and a prompt are read alike.
+            let texts = batch
+                .iter()
+                .map(|(_, t)| decide::truncate(t, cfg.input.max_bytes()).to_owned())
+                .collect();
             match loader.embed(texts) {
                 Ok(token) => {
                     self.calls.insert(token, n * EXAMPLE_BATCH);
                 }
                 Err(e) => {
-                    log!(Warn, None, "route examples: {e}");
-                    self.failed = true;
+                    log!(
+                        Critical,
+                        None,
+                        "route examples cannot be embedded: {e}; check sidecar.cluster"
+                    );
+                    shared.broken.set(true);
                 }
             }
         }
@@ -160,9 +170,17 @@ impl Root {
     fn finish_round(&mut self) {
         let Some(shared) = self.shared.clone() else { return };
         shared.loading.set(!self.calls.is_empty());
-        if !self.calls.is_empty() {
+        if !self.calls.is_empty() || shared.broken.get() {
             self.set_tick_period(Duration::ZERO);
             return;
+        }
+        if !self.failed && self.fetched.iter().any(Option::is_none) {
+            log!(
+                Warn,
+                None,
+                "route examples: the sidecar answered fewer vectors than texts"
+            );
+            self.failed = true;
         }
         if self.failed {
             let wait = RETRY_FIRST
@@ -186,11 +204,12 @@ impl Root {
                 .ok_or_else(|| "missing".to_owned())
                 .and_then(|v| index.push(*route, &v));
             if let Err(e) = pushed {
-                log!(
-                    Critical,
-                    None,
-                    "route examples cannot be used: {e} (are the precomputed `embeddings` from the sidecar's model?)"
-                );
+                let hint = if cfg.index.is_empty() {
+                    ""
+                } else {
+                    " (are the precomputed `embeddings` from the sidecar's model?)"
+                };
+                log!(Critical, None, "route examples cannot be used: {e}{hint}");
                 shared.broken.set(true);
                 return;
             }
@@ -226,6 +245,17 @@ impl Context for Root {
                     if let Some(slot) = self.fetched.get_mut(start + i) {
                         *slot = Some(e.values);
                     }
+                }
+            }
+            Err(e) if e.is_invalid_argument() => {
+                // Retrying cannot help: an example the sidecar refuses (too long, too many).
+                log!(
+                    Critical,
+                    None,
+                    "route examples #{start}… refused by the sidecar: {e}; fix the examples or the sidecar's limits"
+                );
+                if let Some(s) = &self.shared {
+                    s.broken.set(true);
                 }
             }
             Err(e) => {
@@ -313,6 +343,10 @@ impl Http {
         let shared = self.shared.clone();
         let cfg = &shared.config;
         if d.method.is_failure() && cfg.failure_mode == FailureMode::Closed {
+            state::set(STATE_METHOD, d.method.name());
+            if let Some(c) = shared.metrics.borrow_mut().methods.get(d.method.name()) {
+                c.inc();
+            }
             send_error(
                 self.id,
                 &ApiError::new(
@@ -414,7 +448,7 @@ impl Http {
         let Some(text) = decide::routing_text(&req, cfg.input.source) else {
             return self.apply(Decision::new(cfg.default, Method::NoText), false);
         };
-        if let Some(r) = decide::fast_path(cfg, &text) {
+        if let Some(r) = decide::fast_path(cfg, decide::truncate(&text, KEYWORD_BYTES)) {
             return self.apply(Decision::new(r, Method::Keyword), false);
         }
         if !cfg.is_semantic() {
@@ -422,6 +456,9 @@ impl Http {
         }
         if shared.index.borrow().is_none() {
             shared.nudge(self.get_current_time(), self.id);
+            if let Some(m) = shared.metrics.borrow().sidecar_errors {
+                m.inc();
+            }
             return self.apply(Decision::new(cfg.default, Method::NotReady), false);
         }
         let input = decide::truncate(&text, cfg.input.max_bytes()).to_owned();
@@ -500,7 +537,7 @@ impl HttpContext for Http {
             self.done = true;
             return Action::Continue;
         }
-        if cfg.rewrites_model() {
+        if cfg.rewrites_model {
             // A rewritten body has another length.
             self.set_http_request_header("content-length", None);
         }

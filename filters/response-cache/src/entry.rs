@@ -1,0 +1,559 @@
+//! What is stored and how it is served. An entry holds one complete, text-only response as the
+//! provider's non-streaming JSON: a JSON response as received, a streamed one as the same JSON
+//! rebuilt from its events. A hit is served as the client asked: that JSON, or a well-formed
+//! stream in the provider's SSE format (OpenAI chunks and `[DONE]`; Anthropic's event sequence).
+
+use filter_core::Provider;
+use filter_core::sse::{DEFAULT_MAX_EVENT_BYTES, Event, SseParser};
+use serde_json::{Map, Value, json};
+
+const MAGIC: &[u8; 4] = b"TGC1";
+
+/// A stored response with the key it answers and its lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    /// Unix seconds.
+    pub created: u64,
+    pub ttl: u32,
+    pub body: Vec<u8>,
+}
+
+impl Entry {
+    pub fn encode(&self) -> Vec<u8> {
+        let key = self.key.as_bytes();
+        let mut out = Vec::with_capacity(18 + key.len() + self.body.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.created.to_le_bytes());
+        out.extend_from_slice(&self.ttl.to_le_bytes());
+        out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// `None` for anything that is not an entry (an empty slot, another version's format).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let rest = bytes.strip_prefix(MAGIC)?;
+        let created = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+        let ttl = u32::from_le_bytes(rest.get(8..12)?.try_into().ok()?);
+        let key_len = usize::from(u16::from_le_bytes(rest.get(12..14)?.try_into().ok()?));
+        let key = std::str::from_utf8(rest.get(14..14 + key_len)?).ok()?.to_owned();
+        let body = rest.get(14 + key_len..)?.to_vec();
+        Some(Self {
+            key,
+            created,
+            ttl,
+            body,
+        })
+    }
+
+    /// Fresh at `now` for the shorter of its own TTL and `max_ttl` (a lowered `ttl_s` applies
+    /// to entries stored before).
+    pub fn is_fresh(&self, now: u64, max_ttl: u32) -> bool {
+        now < self.created.saturating_add(u64::from(self.ttl.min(max_ttl)))
+    }
+
+    pub fn age(&self, now: u64) -> u64 {
+        now.saturating_sub(self.created)
+    }
+}
+
+/// Checks that a JSON response can be stored and replayed: the provider's success shape, one
+/// choice, text only (tool calls and refusals are passed, not stored).
+pub fn storable(provider: Provider, body: &[u8]) -> Result<(), &'static str> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| "not JSON")?;
+    match provider {
+        Provider::OpenAiChat => {
+            let choices = v.get("choices").and_then(Value::as_array).ok_or("no choices")?;
+            let [choice] = choices.as_slice() else {
+                return Err("not exactly one choice");
+            };
+            let msg = choice.get("message").ok_or("no message")?;
+            if !msg.get("content").is_some_and(Value::is_string) {
+                return Err("no text content");
+            }
+            if !choice.get("finish_reason").is_some_and(Value::is_string) {
+                return Err("no finish_reason");
+            }
+            let has = |f: &str| {
+                msg.get(f)
+                    .is_some_and(|x| !x.is_null() && x.as_array().is_none_or(|a| !a.is_empty()))
+            };
+            if has("tool_calls") || has("function_call") || has("refusal") {
+                return Err("tool calls or a refusal");
+            }
+            Ok(())
+        }
+        Provider::Anthropic => {
+            let content = v.get("content").and_then(Value::as_array).ok_or("no content")?;
+            if v.get("type").and_then(Value::as_str) != Some("message") || content.is_empty() {
+                return Err("not a message");
+            }
+            if content
+                .iter()
+                .any(|b| b.get("type").and_then(Value::as_str) != Some("text"))
+            {
+                return Err("not text only");
+            }
+            Ok(())
+        }
+        _ => Err("API not cached"),
+    }
+}
+
+/// Replays a stored JSON response as the provider's stream. `include_usage`: OpenAI's final
+/// usage chunk (the client asked for it with `stream_options`).
+pub fn to_sse(provider: Provider, body: &[u8], include_usage: bool) -> Option<Vec<u8>> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let mut out = Vec::with_capacity(body.len() + 512);
+    let mut push = |event: Option<&str>, data: &Value| out.extend(Event::encode(event, &data.to_string()));
+    match provider {
+        Provider::OpenAiChat => {
+            let choice = v.get("choices")?.get(0)?;
+            let text = choice.get("message")?.get("content")?.as_str()?;
+            let chunk = |choices: Value| {
+                let mut c = Map::new();
+                for f in ["id", "created", "model", "system_fingerprint"] {
+                    if let Some(x) = v.get(f) {
+                        c.insert(f.to_owned(), x.clone());
+                    }
+                }
+                c.insert("object".to_owned(), json!("chat.completion.chunk"));
+                c.insert("choices".to_owned(), choices);
+                Value::Object(c)
+            };
+            push(
+                None,
+                &chunk(
+                    json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+                ),
+            );
+            if !text.is_empty() {
+                push(
+                    None,
+                    &chunk(json!([{"index": 0, "delta": {"content": text}, "finish_reason": null}])),
+                );
+            }
+            let finish = choice.get("finish_reason").cloned().unwrap_or(json!("stop"));
+            push(
+                None,
+                &chunk(json!([{"index": 0, "delta": {}, "finish_reason": finish}])),
+            );
+            if include_usage && let Some(u) = v.get("usage") {
+                let mut c = chunk(json!([]));
+                if let Some(o) = c.as_object_mut() {
+                    o.insert("usage".to_owned(), u.clone());
+                }
+                push(None, &c);
+            }
+            out.extend_from_slice(b"data: [DONE]\n\n");
+        }
+        Provider::Anthropic => {
+            let usage = v.get("usage").cloned().unwrap_or(json!({}));
+            let mut start_usage = usage.clone();
+            if let Some(o) = start_usage.as_object_mut() {
+                o.insert("output_tokens".to_owned(), json!(1));
+            }
+            push(
+                Some("message_start"),
+                &json!({"type": "message_start", "message": {
+                "id": v.get("id"), "type": "message", "role": "assistant", "model": v.get("model"),
+                "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage}}),
+            );
+            for (i, block) in v.get("content")?.as_array()?.iter().enumerate() {
+                let text = block.get("text")?.as_str()?;
+                push(
+                    Some("content_block_start"),
+                    &json!({"type": "content_block_start", "index": i,
+                    "content_block": {"type": "text", "text": ""}}),
+                );
+                push(
+                    Some("content_block_delta"),
+                    &json!({"type": "content_block_delta", "index": i,
+                    "delta": {"type": "text_delta", "text": text}}),
+                );
+                push(
+                    Some("content_block_stop"),
+                    &json!({"type": "content_block_stop", "index": i}),
+                );
+            }
+            push(
+                Some("message_delta"),
+                &json!({"type": "message_delta",
+                "delta": {"stop_reason": v.get("stop_reason"), "stop_sequence": v.get("stop_sequence")},
+                "usage": {"output_tokens": usage.get("output_tokens").cloned().unwrap_or(json!(0))}}),
+            );
+            push(Some("message_stop"), &json!({"type": "message_stop"}));
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// Rebuilds a streamed response, event by event as it passes, into the provider's JSON. Stops
+/// recording (and the response is not stored) at anything it cannot replay faithfully: tool
+/// calls, refusals, thinking, several choices, errors, more than `max_bytes` of text.
+#[derive(Debug)]
+pub struct Recorder {
+    provider: Provider,
+    parser: SseParser,
+    events: Vec<Event>,
+    max_bytes: usize,
+    head: Map<String, Value>,
+    text: Vec<String>,
+    text_bytes: usize,
+    finish: Option<Value>,
+    stop_sequence: Option<Value>,
+    usage: Option<Value>,
+    done: bool,
+    failed: Option<&'static str>,
+}
+
+impl Recorder {
+    pub fn new(provider: Provider, max_bytes: usize) -> Self {
+        Self {
+            provider,
+            parser: SseParser::new(DEFAULT_MAX_EVENT_BYTES.min(max_bytes.max(4096) * 2)),
+            events: Vec::new(),
+            max_bytes,
+            head: Map::new(),
+            text: Vec::new(),
+            text_bytes: 0,
+            finish: None,
+            stop_sequence: None,
+            usage: None,
+            done: false,
+            failed: None,
+        }
+    }
+
+    pub fn failed(&self) -> Option<&'static str> {
+        self.failed
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        let mut events = std::mem::take(&mut self.events);
+        if self.parser.feed(chunk, &mut events).is_err() {
+            self.failed = Some("an event is too large");
+        }
+        for e in events.drain(..) {
+            self.event(&e);
+            if self.failed.is_some() {
+                break;
+            }
+        }
+        self.events = events;
+        if self.text_bytes > self.max_bytes {
+            self.failed = Some("larger than max_entry_bytes");
+        }
+    }
+
+    fn fail(&mut self, why: &'static str) {
+        self.failed.get_or_insert(why);
+    }
+
+    fn event(&mut self, e: &Event) {
+        let Some(data) = e.data.as_deref() else { return };
+        if e.is_done() {
+            self.done = self.finish.is_some();
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            return self.fail("an event is not JSON");
+        };
+        match self.provider {
+            Provider::OpenAiChat => self.openai(&v),
+            Provider::Anthropic => self.anthropic(&v),
+            _ => self.fail("API not cached"),
+        }
+    }
+
+    fn openai(&mut self, v: &Value) {
+        // Each field from the first chunk that has it (Azure's first chunk has empty ones).
+        for f in ["id", "created", "model", "system_fingerprint"] {
+            let given = v.get(f).filter(|x| !x.is_null() && x.as_str() != Some(""));
+            if let (Some(x), false) = (given, self.head.contains_key(f)) {
+                self.head.insert(f.to_owned(), x.clone());
+            }
+        }
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(u.clone());
+        }
+        let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+            return self.fail("a chunk without choices");
+        };
+        for c in choices {
+            if c.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
+                return self.fail("several choices");
+            }
+            if let Some(d) = c.get("delta") {
+                let has = |f: &str| d.get(f).is_some_and(|x| !x.is_null());
+                if has("tool_calls") || has("function_call") || has("refusal") {
+                    return self.fail("tool calls or a refusal");
+                }
+                if let Some(t) = d.get("content").and_then(Value::as_str) {
+                    self.text_bytes += t.len();
+                    self.text.push(t.to_owned());
+                }
+            }
+            if let Some(f) = c.get("finish_reason").filter(|f| !f.is_null()) {
+                self.finish = Some(f.clone());
+            }
+        }
+    }
+
+    fn anthropic(&mut self, v: &Value) {
+        match v.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                if let Some(m) = v.get("message") {
+                    for f in ["id", "model"] {
+                        if let Some(x) = m.get(f) {
+                            self.head.insert(f.to_owned(), x.clone());
+                        }
+                    }
+                    self.usage = m.get("usage").cloned();
+                }
+            }
+            Some("content_block_start") => {
+                let text = v.pointer("/content_block/type").and_then(Value::as_str) == Some("text");
+                if !text {
+                    return self.fail("not text only");
+                }
+                self.text.push(String::new());
+            }
+            Some("content_block_delta") => match v.pointer("/delta/type").and_then(Value::as_str) {
+                Some("text_delta") => {
+                    let t = v
+                        .pointer("/delta/text")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    self.text_bytes += t.len();
+                    match self.text.last_mut() {
+                        Some(last) => last.push_str(t),
+                        None => self.fail("a delta outside a block"),
+                    }
+                }
+                _ => self.fail("not text only"),
+            },
+            Some("message_delta") => {
+                self.finish = v.pointer("/delta/stop_reason").cloned();
+                self.stop_sequence = v.pointer("/delta/stop_sequence").cloned();
+                if let (Some(out), Some(Value::Object(u))) =
+                    (v.pointer("/usage/output_tokens"), self.usage.as_mut())
+                {
+                    u.insert("output_tokens".to_owned(), out.clone());
+                }
+            }
+            Some("message_stop") => self.done = true,
+            Some("error") => self.fail("the stream ended in an error"),
+            _ => {}
+        }
+    }
+
+    /// The response as the provider's JSON, when the stream completed and was replayable.
+    pub fn finish(self) -> Result<Vec<u8>, &'static str> {
+        if let Some(why) = self.failed {
+            return Err(why);
+        }
+        let complete = self.done || (self.provider == Provider::OpenAiChat && self.finish.is_some());
+        if !complete {
+            return Err("the stream did not complete");
+        }
+        let mut v = self.head;
+        match self.provider {
+            Provider::OpenAiChat => {
+                // Usage is part of the answer a hit reports; a stream without it (the client did
+                // not ask, or a filter after this one removed it) is not stored.
+                if self.usage.is_none() {
+                    return Err("the stream carried no usage");
+                }
+                v.insert("object".to_owned(), json!("chat.completion"));
+                v.insert(
+                    "choices".to_owned(),
+                    json!([{"index": 0, "message": {"role": "assistant", "content": self.text.concat()},
+                            "logprobs": null, "finish_reason": self.finish}]),
+                );
+            }
+            _ => {
+                if self.text.is_empty() {
+                    return Err("no content");
+                }
+                v.insert("type".to_owned(), json!("message"));
+                v.insert("role".to_owned(), json!("assistant"));
+                let blocks: Vec<Value> = self
+                    .text
+                    .into_iter()
+                    .map(|t| json!({"type": "text", "text": t}))
+                    .collect();
+                v.insert("content".to_owned(), Value::Array(blocks));
+                v.insert("stop_reason".to_owned(), self.finish.unwrap_or(Value::Null));
+                v.insert(
+                    "stop_sequence".to_owned(),
+                    self.stop_sequence.unwrap_or(Value::Null),
+                );
+            }
+        }
+        if let Some(u) = self.usage {
+            v.insert("usage".to_owned(), u);
+        }
+        serde_json::to_vec(&Value::Object(v)).map_err(|_| "cannot serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn events(sse: &[u8]) -> Vec<Event> {
+        let mut p = SseParser::new(1 << 20);
+        let mut out = Vec::new();
+        p.feed(sse, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn entries_round_trip_and_expire() {
+        let e = Entry {
+            key: "abc".into(),
+            created: 100,
+            ttl: 10,
+            body: b"{}".to_vec(),
+        };
+        let d = Entry::decode(&e.encode()).unwrap();
+        assert_eq!(d, e);
+        assert!(d.is_fresh(109, u32::MAX) && !d.is_fresh(110, u32::MAX));
+        assert!(d.is_fresh(104, 5) && !d.is_fresh(105, 5));
+        assert_eq!(d.age(104), 4);
+        assert!(Entry::decode(b"").is_none());
+        assert!(Entry::decode(b"TGC1\x01").is_none());
+        assert!(Entry::decode(b"XXXX0123456789abcdef").is_none());
+    }
+
+    #[test]
+    fn what_may_be_stored() {
+        let ok = json!({"id": "c", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": null}, "finish_reason": "stop"}]});
+        assert!(storable(Provider::OpenAiChat, ok.to_string().as_bytes()).is_ok());
+        let tools = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [{"id": "1"}]}}]});
+        assert!(storable(Provider::OpenAiChat, tools.to_string().as_bytes()).is_err());
+        let two = json!({"choices": [{"message": {"content": "a"}}, {"message": {"content": "b"}}]});
+        assert!(storable(Provider::OpenAiChat, two.to_string().as_bytes()).is_err());
+        let an = json!({"type": "message", "content": [{"type": "text", "text": "hi"}]});
+        assert!(storable(Provider::Anthropic, an.to_string().as_bytes()).is_ok());
+        let tool_use = json!({"type": "message", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]});
+        assert!(storable(Provider::Anthropic, tool_use.to_string().as_bytes()).is_err());
+        assert!(storable(Provider::Anthropic, b"<html>").is_err());
+    }
+
+    #[test]
+    fn an_openai_stream_is_rebuilt_and_replayed() {
+        let stream = concat!(
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let mut r = Recorder::new(Provider::OpenAiChat, 1000);
+        // Split at every few bytes, as the network may.
+        for part in stream.as_bytes().chunks(7) {
+            r.feed(part);
+        }
+        let json = r.finish().unwrap();
+        let v: Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "Hello");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(v["usage"]["total_tokens"], 5);
+        assert_eq!(v["model"], "gpt-4o");
+        assert!(storable(Provider::OpenAiChat, &json).is_ok());
+
+        let replay = to_sse(Provider::OpenAiChat, &json, true).unwrap();
+        let ev = events(&replay);
+        assert!(ev.last().unwrap().is_done());
+        let mut text = String::new();
+        let mut usage = None;
+        for e in &ev[..ev.len() - 1] {
+            let c: Value = serde_json::from_str(e.data.as_deref().unwrap()).unwrap();
+            assert_eq!(c["object"], "chat.completion.chunk");
+            assert_eq!(c["id"], "c1");
+            if let Some(t) = c["choices"][0]["delta"]["content"].as_str() {
+                text.push_str(t);
+            }
+            if c["usage"].is_object() {
+                usage = Some(c["usage"].clone());
+            }
+        }
+        assert_eq!(text, "Hello");
+        assert_eq!(usage.unwrap()["completion_tokens"], 2);
+        // Without include_usage, no usage chunk.
+        let plain = to_sse(Provider::OpenAiChat, &json, false).unwrap();
+        assert!(!String::from_utf8(plain).unwrap().contains("\"usage\""));
+    }
+
+    #[test]
+    fn an_anthropic_stream_is_rebuilt_and_replayed() {
+        let stream = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Bon\"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"jour\"}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":4}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+        );
+        let mut r = Recorder::new(Provider::Anthropic, 1000);
+        r.feed(stream.as_bytes());
+        let json = r.finish().unwrap();
+        let v: Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["content"][0]["text"], "Bonjour");
+        assert_eq!(v["stop_reason"], "end_turn");
+        assert_eq!(v["usage"]["input_tokens"], 9);
+        assert_eq!(v["usage"]["output_tokens"], 4);
+        assert!(storable(Provider::Anthropic, &json).is_ok());
+
+        let ev = events(&to_sse(Provider::Anthropic, &json, false).unwrap());
+        let names: Vec<&str> = ev.iter().map(|e| e.event.as_deref().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        let d: Value = serde_json::from_str(ev[2].data.as_deref().unwrap()).unwrap();
+        assert_eq!(d["delta"]["text"], "Bonjour");
+        let md: Value = serde_json::from_str(ev[4].data.as_deref().unwrap()).unwrap();
+        assert_eq!(md["usage"]["output_tokens"], 4);
+    }
+
+    #[test]
+    fn streams_that_cannot_be_replayed_are_not_recorded() {
+        let tool = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0}]},\"finish_reason\":null}]}\n\ndata: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n";
+        let mut r = Recorder::new(Provider::OpenAiChat, 1000);
+        r.feed(tool.as_bytes());
+        assert!(r.finish().is_err());
+        // Cut off before the end.
+        let mut r = Recorder::new(Provider::OpenAiChat, 1000);
+        r.feed(b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"partial\"},\"finish_reason\":null}]}\n\n");
+        assert_eq!(r.finish(), Err("the stream did not complete"));
+        let mut r = Recorder::new(Provider::OpenAiChat, 10);
+        r.feed(b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"this is longer than ten\"},\"finish_reason\":\"stop\"}]}\n\n");
+        assert!(r.finish().is_err());
+        let mut r = Recorder::new(Provider::Anthropic, 1000);
+        r.feed(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n");
+        assert!(r.finish().is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! response-cache: answers repeated LLM requests from a cache. [`config`] parses the settings;
+//! [`key`] decides whether a request may be cached and builds its key from everything that
+//! determines the answer; [`entry`] stores responses (JSON as received, streams recorded into the
+//! same JSON) and replays them as JSON or as each provider's SSE. The callbacks (`filter.rs`) only
+//! move bytes and call the sidecar.
+
+pub mod config;
+pub mod entry;
+pub mod key;
+
+#[cfg(not(all(test, target_arch = "wasm32")))]
+mod filter;
