@@ -120,9 +120,9 @@ Try, in another terminal:
 
   # A cache hit: the same deterministic (temperature 0) question twice; the second answer comes
   # from the gateway (x-tollgate-cache: hit, age), a paraphrase from the semantic cache. The tenant
-  # header scopes the cache; in production jwt-auth sets it from the token.
+  # header scopes the cache, the subject the semantic matches; in production jwt-auth sets both.
   for q in 'What is the capital of France?' 'What is the capital of France?' "What's the capital city of France?"; do
-    curl -si $GW/v1/chat/completions -H 'content-type: application/json' -H 'x-tollgate-tenant: acme' \
+    curl -si $GW/v1/chat/completions -H 'content-type: application/json' -H 'x-tollgate-tenant: acme' -H 'x-tollgate-subject: alice' \
       -d "{\"model\":\"gpt-4o-mini\",\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"\$q\"}]}" \
       | grep -i '^x-tollgate-cache'; sleep 0.2
   done
