@@ -163,3 +163,69 @@ pub fn echoed_request(resp: &Response) -> Result<serde_json::Value, String> {
     let text = reply_text(resp);
     serde_json::from_str(&text).map_err(|e| format!("echo is not JSON ({e}): {text}"))
 }
+
+/// POSTs `chunks` with `transfer-encoding: chunked` over a plain socket, pausing `gap` between
+/// chunks, so a filter sees the body in several callbacks (a buffered client body arrives in one).
+/// Returns the status and the response body (the connection is closed after the response).
+pub async fn post_chunked(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    chunks: &[&[u8]],
+    gap: std::time::Duration,
+) -> Result<(u16, Vec<u8>), Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await?;
+    for c in chunks {
+        s.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await?;
+        s.write_all(c).await?;
+        s.write_all(b"\r\n").await?;
+        s.flush().await?;
+        tokio::time::sleep(gap).await;
+    }
+    s.write_all(b"0\r\n\r\n").await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("no status line")?;
+    let body_at = text.find("\r\n\r\n").map_or(raw.len(), |i| i + 4);
+    let head_text = text.get(..body_at).unwrap_or_default().to_ascii_lowercase();
+    let mut body = raw.get(body_at..).unwrap_or_default().to_vec();
+    if head_text.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = b
+            .get(..eol)
+            .and_then(|l| std::str::from_utf8(l).ok())
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        let Some(chunk) = b.get(start..start + size) else {
+            break;
+        };
+        out.extend_from_slice(chunk);
+        b = b.get(start + size + 2..).unwrap_or_default();
+    }
+    out
+}

@@ -79,6 +79,12 @@ impl<'a> Options<'a> {
         self
     }
 
+    /// Takes the buffer filter out of `envoy.yaml`'s chain, so the filters see a client's body in
+    /// the chunks it arrives in (the buffer filter hands on one complete body).
+    pub fn without_buffer_filter(self) -> Self {
+        self.replace(BUFFER_FILTER, "")
+    }
+
     /// Like [`Self::wasm_filter`], for a filter that holds the request headers until it has read the
     /// body (`allow_on_headers_stop_iteration: true`, as its shipped snippet sets).
     pub fn wasm_filter_reading_body(mut self, name: &str, wasm: &str, config: &serde_json::Value) -> Self {
@@ -134,6 +140,11 @@ pub fn wasm_filter_yaml(name: &str, wasm: &str, config: &serde_json::Value) -> S
 }
 
 const ROUTER: &str = "                  - name: envoy.filters.http.router\n";
+const BUFFER_FILTER: &str = "                  - name: envoy.filters.http.buffer
+                    typed_config:
+                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+                      max_request_bytes: 1048576
+";
 
 pub struct Envoy {
     child: Child,

@@ -501,3 +501,88 @@ async fn bad_configs_are_rejected_at_load_naming_the_field() {
         );
     }
 }
+
+/// Shared data cannot be deleted, so entries live in a fixed number of slots: a new entry in a
+/// taken slot evicts the old one (counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_slot_space_evicts_the_older_entry() {
+    let mock = MockLlm::start().unwrap();
+    let cfg = json!({"slots": 1, "semantic": {"enabled": false}});
+    let envoy = envoy_with(&mock, 1, Some(&cfg));
+    let (a, b) = (chat("First question?", false), chat("Second question?", false));
+    assert_eq!(cache(&send(&envoy, CHAT, Some("t"), &a).await), "miss");
+    assert_eq!(cache(&send(&envoy, CHAT, Some("t"), &a).await), "hit");
+    assert_eq!(cache(&send(&envoy, CHAT, Some("t"), &b).await), "miss");
+    assert_eq!(cache(&send(&envoy, CHAT, Some("t"), &b).await), "hit");
+    assert_eq!(cache(&send(&envoy, CHAT, Some("t"), &a).await), "miss");
+    assert_eq!(
+        envoy.stat("wasmcustom.tollgate_response_cache_evictions"),
+        Some(2)
+    );
+    assert_eq!(envoy.stat("wasmcustom.tollgate_response_cache_stores"), Some(3));
+}
+
+/// `scope: subject`: one cache per user; requests without a subject are not cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subject_scope_keeps_users_apart() {
+    let mock = MockLlm::start().unwrap();
+    let cfg = json!({"scope": "subject", "semantic": {"enabled": false}});
+    let envoy = envoy_with(&mock, 1, Some(&cfg));
+    let q = chat("What is my plan?", false);
+    let as_user = |s: &'static str| {
+        let envoy = &envoy;
+        let q = q.clone();
+        async move {
+            let r = Client::new()
+                .post_json(
+                    &envoy.url(CHAT),
+                    &[("x-tollgate-subject", s), ("x-tollgate-tenant", "same")],
+                    &q,
+                )
+                .await
+                .unwrap();
+            cache(&r).to_owned()
+        }
+    };
+    assert_eq!(as_user("alice").await, "miss");
+    assert_eq!(as_user("alice").await, "hit");
+    assert_eq!(as_user("bob").await, "miss");
+    let r = Client::new()
+        .post_json(&envoy.url(CHAT), &[("x-tollgate-tenant", "same")], &q)
+        .await
+        .unwrap();
+    assert_eq!(cache(&r), "bypass");
+    assert_eq!(mock.journal.count(), 3);
+}
+
+/// Without the buffer filter in front, the body arrives in several callbacks: it is keyed whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_in_several_chunks_is_keyed_whole() {
+    let mock = MockLlm::start().unwrap();
+    let cfg = json!({"semantic": {"enabled": false}});
+    let envoy = Envoy::start(
+        Options::new("envoy.yaml")
+            .upstream(default_ports::LLM_UPSTREAM, mock.port())
+            .without_buffer_filter()
+            .wasm_filter_reading_body("response-cache", "response_cache.wasm", &cfg),
+    )
+    .unwrap();
+    let body = serde_json::to_vec(&chat("Chunked question?", false)).unwrap();
+    let (a, b) = body.split_at(body.len() / 2);
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (status, reply) = tollgate_it::client::post_chunked(
+            envoy.port,
+            CHAT,
+            &[("content-type", "application/json"), ("x-tollgate-tenant", "t")],
+            &[a, b],
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+        seen.push(reply);
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(mock.journal.count(), 1, "the second was a hit");
+}

@@ -735,3 +735,26 @@ async fn a_sidecar_that_hangs_costs_the_deadline_and_no_more() {
         Some(1)
     );
 }
+
+/// Without the buffer filter in front, the body arrives in several callbacks: the filter decides
+/// on the whole of it (the keyword here spans two chunks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_in_several_chunks_is_read_whole() {
+    let p = Providers::start();
+    let envoy = Envoy::start(p.options(1).without_buffer_filter().snippet(SNIPPET)).unwrap();
+    let body = serde_json::to_vec(&chat("I got a stack trace from my build")).unwrap();
+    let cut = body.windows(5).position(|w| w == b"trace").unwrap() + 2;
+    let (a, b) = body.split_at(cut);
+    let before = p.counts();
+    let (status, reply) = tollgate_it::client::post_chunked(
+        envoy.port,
+        CHAT,
+        &[("content-type", "application/json")],
+        &[a, b],
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+    assert_eq!(p.reached(&before), "code");
+}
