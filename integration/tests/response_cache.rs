@@ -261,9 +261,10 @@ async fn semantic_hits_for_paraphrases_and_not_for_near_misses() {
         let r = tp as f64 / same.len() as f64;
         println!("{t:9.2}  {p:9.3}  {r:6.3}");
     }
-    // Embeddings barely see word order: "Celsius to Fahrenheit" and its reverse score about 0.99,
-    // so precision cannot reach 1 with any threshold (see the README).
-    assert!(precision >= 0.9, "precision {precision:.3}");
+    // Embeddings barely see word order: "Celsius to Fahrenheit" and its reverse score about 0.99
+    // (the sweep below shows it above every threshold); the filter refuses a semantic hit between
+    // prompts that only reorder the same words, so no near-miss gets another question's answer.
+    assert_eq!(fp, 0, "a near-miss got another question's answer");
     assert!(recall >= 0.7, "recall {recall:.3}");
 }
 

@@ -7,7 +7,7 @@ use filter_core::Provider;
 use filter_core::sse::{DEFAULT_MAX_EVENT_BYTES, Event, SseParser};
 use serde_json::{Map, Value, json};
 
-const MAGIC: &[u8; 4] = b"TGC1";
+const MAGIC: &[u8; 4] = b"TGC2";
 
 /// A stored response with the key it answers and its lifetime.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,18 +16,23 @@ pub struct Entry {
     /// Unix seconds.
     pub created: u64,
     pub ttl: u32,
+    /// The prompt a semantic match compares with (empty when the entry is exact only).
+    pub prompt: String,
     pub body: Vec<u8>,
 }
 
 impl Entry {
     pub fn encode(&self) -> Vec<u8> {
         let key = self.key.as_bytes();
-        let mut out = Vec::with_capacity(18 + key.len() + self.body.len());
+        let prompt = self.prompt.as_bytes();
+        let mut out = Vec::with_capacity(22 + key.len() + prompt.len() + self.body.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.created.to_le_bytes());
         out.extend_from_slice(&self.ttl.to_le_bytes());
         out.extend_from_slice(&(key.len() as u16).to_le_bytes());
         out.extend_from_slice(key);
+        out.extend_from_slice(&(prompt.len() as u32).to_le_bytes());
+        out.extend_from_slice(prompt);
         out.extend_from_slice(&self.body);
         out
     }
@@ -39,11 +44,15 @@ impl Entry {
         let ttl = u32::from_le_bytes(rest.get(8..12)?.try_into().ok()?);
         let key_len = usize::from(u16::from_le_bytes(rest.get(12..14)?.try_into().ok()?));
         let key = std::str::from_utf8(rest.get(14..14 + key_len)?).ok()?.to_owned();
-        let body = rest.get(14 + key_len..)?.to_vec();
+        let rest = rest.get(14 + key_len..)?;
+        let prompt_len = usize::try_from(u32::from_le_bytes(rest.get(..4)?.try_into().ok()?)).ok()?;
+        let prompt = std::str::from_utf8(rest.get(4..4 + prompt_len)?).ok()?.to_owned();
+        let body = rest.get(4 + prompt_len..)?.to_vec();
         Some(Self {
             key,
             created,
             ttl,
+            prompt,
             body,
         })
     }
@@ -57,6 +66,26 @@ impl Entry {
     pub fn age(&self, now: u64) -> u64 {
         now.saturating_sub(self.created)
     }
+}
+
+/// Whether two prompts use the same words in another order ("Celsius to Fahrenheit" and
+/// "Fahrenheit to Celsius"). Sentence embeddings barely see word order, so such a pair scores
+/// about 0.99 and would get each other's answer; a semantic hit between them is refused.
+pub fn reordered(a: &str, b: &str) -> bool {
+    fn words(s: &str) -> Vec<String> {
+        s.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    }
+    let (wa, wb) = (words(a), words(b));
+    if wa == wb {
+        return false;
+    }
+    let (mut sa, mut sb) = (wa, wb);
+    sa.sort_unstable();
+    sb.sort_unstable();
+    sa == sb
 }
 
 /// Checks that a JSON response can be stored and replayed: the provider's success shape, one
@@ -425,6 +454,7 @@ mod tests {
             key: "abc".into(),
             created: 100,
             ttl: 10,
+            prompt: "What is Rust?".into(),
             body: b"{}".to_vec(),
         };
         let d = Entry::decode(&e.encode()).unwrap();
@@ -435,6 +465,20 @@ mod tests {
         assert!(Entry::decode(b"").is_none());
         assert!(Entry::decode(b"TGC1\x01").is_none());
         assert!(Entry::decode(b"XXXX0123456789abcdef").is_none());
+    }
+
+    #[test]
+    fn reordered_prompts_are_recognised() {
+        assert!(reordered(
+            "How do I convert Celsius to Fahrenheit?",
+            "How do I convert fahrenheit to Celsius"
+        ));
+        assert!(!reordered("What is Rust?", "what is rust"));
+        assert!(!reordered(
+            "How do I reset my password?",
+            "How can I reset my password?"
+        ));
+        assert!(!reordered("a b", "a b c"));
     }
 
     #[test]

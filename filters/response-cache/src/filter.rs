@@ -356,6 +356,7 @@ impl Http {
             key: k.exact.clone(),
             created: now,
             ttl: cfg.ttl_s,
+            prompt: k.semantic_text.clone().unwrap_or_default(),
             body,
         };
         let encoded = e.encode();
@@ -431,8 +432,24 @@ impl Context for Http {
         let now = self.now();
         let ttl = self.shared.config.ttl_s;
         let exact = self.keyed.as_ref().map(|k| k.exact.clone()).unwrap_or_default();
+        let prompt = self
+            .keyed
+            .as_ref()
+            .and_then(|k| k.semantic_text.clone())
+            .unwrap_or_default();
         let served = Entry::decode(&reply.value)
             .filter(|e| e.is_fresh(now, ttl) && (similarity.is_some() || e.key == exact))
+            .filter(|e| {
+                let refused = similarity.is_some() && entry::reordered(&e.prompt, &prompt);
+                if refused {
+                    log!(
+                        Debug,
+                        Some(self.id),
+                        "semantic match refused: the same words in another order"
+                    );
+                }
+                !refused
+            })
             .is_some_and(|e| self.serve(&e.body, reply.age_seconds, similarity));
         if !served {
             self.miss(true);
