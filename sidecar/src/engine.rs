@@ -4,7 +4,7 @@
 //! pad a whole batch. Recent embeddings are served from an LRU keyed by the text.
 
 use crate::metrics::Metrics;
-use crate::model::{Embedded, Embedder, ModelError};
+use crate::model::{Embedded, Embedder, Encoded, ModelError};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use lru::LruCache;
 use std::num::NonZeroUsize;
@@ -123,8 +123,33 @@ impl Engine {
     }
 }
 
+/// An inference thread: takes jobs, or helps another thread's forward pass while it has none.
+/// It runs inside a one-thread rayon pool of its own, so candle's parallel loops run inline
+/// instead of being handed to another thread and waited for.
 fn worker(rx: &Receiver<Job>, embedder: &Embedder, cfg: &EngineConfig, metrics: &Metrics) {
-    while let Ok(first) = rx.recv() {
+    match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+        Ok(pool) => pool.install(|| serve(rx, embedder, cfg, metrics)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no rayon pool for an inference thread; running without");
+            serve(rx, embedder, cfg, metrics);
+        }
+    }
+}
+
+fn serve(rx: &Receiver<Job>, embedder: &Embedder, cfg: &EngineConfig, metrics: &Metrics) {
+    loop {
+        let first = crossbeam_channel::select! {
+            recv(rx) -> job => match job {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            recv(embedder.invitations()) -> team => {
+                if let Some(team) = team.ok().and_then(|t| t.upgrade()) {
+                    team.help();
+                }
+                continue;
+            }
+        };
         // Take what is already queued, up to one batch worth of texts.
         let mut jobs = vec![first];
         let mut n = jobs.iter().map(|j| j.texts.len()).sum::<usize>();
@@ -175,14 +200,14 @@ fn run(
     cfg: &EngineConfig,
     metrics: &Metrics,
 ) -> Result<Vec<Vec<Arc<Embedded>>>, ModelError> {
-    let mut items: Vec<(usize, usize, &str, usize)> = Vec::new(); // (job, index, text, tokens)
+    // (job, index, tokens), each text tokenized once
+    let mut items: Vec<(usize, usize, Encoded)> = Vec::new();
     for (ji, j) in jobs.iter().enumerate() {
         for (ti, t) in j.texts.iter().enumerate() {
-            let len = embedder.token_len(t)?;
-            items.push((ji, ti, t, len));
+            items.push((ji, ti, embedder.encode(t)?));
         }
     }
-    items.sort_by_key(|i| i.3);
+    items.sort_by_key(|i| i.2.ids.len());
     let mut results: Vec<Vec<Option<Arc<Embedded>>>> =
         jobs.iter().map(|j| vec![None; j.texts.len()]).collect();
     let mut start = 0;
@@ -191,15 +216,15 @@ fn run(
         let mut end = start + 1;
         while end < items.len()
             && end - start < cfg.max_batch
-            && (end + 1 - start) * items.get(end).map_or(0, |i| i.3) <= cfg.max_batch_tokens
+            && (end + 1 - start) * items.get(end).map_or(0, |i| i.2.ids.len()) <= cfg.max_batch_tokens
         {
             end += 1;
         }
         let chunk = items.get(start..end).unwrap_or_default();
-        let texts: Vec<&str> = chunk.iter().map(|i| i.2).collect();
+        let batch: Vec<&Encoded> = chunk.iter().map(|i| &i.2).collect();
         let t0 = Instant::now();
-        let embedded = embedder.embed(&texts)?;
-        metrics.batch_size.observe_value(texts.len() as f64);
+        let embedded = embedder.embed_encoded(&batch)?;
+        metrics.batch_size.observe_value(batch.len() as f64);
         metrics.inference.observe(t0.elapsed());
         for (item, e) in chunk.iter().zip(embedded) {
             if let Some(slot) = results.get_mut(item.0).and_then(|r| r.get_mut(item.1)) {

@@ -3,6 +3,7 @@
 //! budgets), over gRPC (`tollgate.inference.v1`), with health, reflection and Prometheus metrics.
 
 pub mod background;
+pub mod bert;
 pub mod classify;
 pub mod config;
 pub mod engine;
@@ -34,7 +35,7 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 /// backend: everything that can fail at start-up fails here, with the cause.
 pub async fn build(cfg: &Config) -> Result<Sidecar, Error> {
     let t0 = Instant::now();
-    let embedder = Embedder::load(&cfg.model_dir, cfg.max_tokens)
+    let embedder = Embedder::load(&cfg.model_dir, cfg.max_tokens, cfg.workers)
         .map_err(|e| format!("loading model from {}: {e}", cfg.model_dir.display()))?;
     tracing::info!(model = %embedder.name, dimension = embedder.dimension, max_tokens = embedder.max_tokens,
                    elapsed_ms = t0.elapsed().as_millis() as u64, "model loaded");

@@ -24,8 +24,8 @@ fn main() -> ExitCode {
     };
     init_logging(cfg.log_json);
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // One compute thread per inference worker: two workers on two cores beat one request on two
-        // threads, which spins when the other core is busy (MEASURED.md).
+        // candle's own matrix products stay on one thread: the encoder splits each layer over the
+        // compute threads itself (model.rs, bert.rs), which measured better than gemm's splitting.
         // SAFETY: no other thread exists yet, so nothing reads the environment concurrently.
         #[allow(unsafe_code)]
         unsafe {

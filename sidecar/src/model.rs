@@ -2,11 +2,11 @@
 //! (`config.json`, `tokenizer.json`, `model.safetensors`, optional `sentence_bert_config.json`),
 //! mean pooling over the attention mask and L2 normalisation, as sentence-transformers does.
 
+use crate::bert::{Bert, Config, Team};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use std::path::{Path, PathBuf};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -29,8 +29,15 @@ pub struct Embedded {
     pub truncated: bool,
 }
 
+/// A text tokenized for the model: ids within the window, special tokens included.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub truncated: bool,
+}
+
 pub struct Embedder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     device: Device,
     pub name: String,
@@ -52,8 +59,9 @@ fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
 
 impl Embedder {
     /// Loads the model in `dir`. `max_tokens` overrides the window from `sentence_bert_config.json`
-    /// (all-MiniLM-L6-v2: 256); it is capped by the model's position embeddings.
-    pub fn load(dir: &Path, max_tokens: Option<usize>) -> Result<Self, ModelError> {
+    /// (all-MiniLM-L6-v2: 256); it is capped by the model's position embeddings. Each layer is split
+    /// into `threads` parts that idle threads may help with (`invitations`).
+    pub fn load(dir: &Path, max_tokens: Option<usize>, threads: usize) -> Result<Self, ModelError> {
         let config_path = dir.join("config.json");
         let config: Config = serde_json::from_slice(&read(&config_path)?).map_err(|e| ModelError::Parse {
             path: config_path.clone(),
@@ -75,23 +83,21 @@ impl Embedder {
             message: e.to_string(),
         })?;
         // The shipped tokenizer.json truncates and pads every input to 128; use the model's real
-        // window and pad only to the longest text of a batch.
+        // window, and pad here, to the longest text of each batch.
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: max_tokens,
                 ..Default::default()
             }))
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        }));
+        tokenizer.with_padding(None);
 
         let device = Device::Cpu;
+        let threads = threads.max(1);
         let weights = read(&dir.join("model.safetensors"))?;
         let tensors = candle_core::safetensors::BufferedSafetensors::new(weights)?;
-        let vb = VarBuilder::from_backend(Box::new(TransposedLinear(tensors)), DType::F32, device.clone());
-        let model = BertModel::load(vb, &config)?;
+        let vb = VarBuilder::from_backend(Box::new(tensors), DType::F32, device.clone());
+        let model = Bert::load(vb, &config, threads)?;
         let name = dir
             .file_name()
             .map_or_else(|| "model".to_owned(), |n| n.to_string_lossy().into_owned());
@@ -105,39 +111,54 @@ impl Embedder {
         })
     }
 
-    /// Token count of `text` within the window (for batching by padded size).
-    pub fn token_len(&self, text: &str) -> Result<usize, ModelError> {
+    /// Where an idle thread waits to help another's `embed` (see `bert::Team`).
+    pub fn invitations(&self) -> &crossbeam_channel::Receiver<std::sync::Weak<Team>> {
+        self.model.invitations()
+    }
+
+    /// Tokenizes `text` within the window.
+    pub fn encode(&self, text: &str) -> Result<Encoded, ModelError> {
         let enc = self
             .tokenizer
             .encode(text, true)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().len())
+        Ok(Encoded {
+            truncated: !enc.get_overflowing().is_empty(),
+            ids: enc.get_ids().to_vec(),
+        })
     }
 
     /// Embeds `texts` as one padded batch. Callers keep batches small and similar in length.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Embedded>, ModelError> {
-        if texts.is_empty() {
+        let encoded = texts
+            .iter()
+            .map(|t| self.encode(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.embed_encoded(&encoded.iter().collect::<Vec<_>>())
+    }
+
+    /// Embeds tokenized texts as one batch padded to the longest.
+    pub fn embed_encoded(&self, batch: &[&Encoded]) -> Result<Vec<Embedded>, ModelError> {
+        if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        let seq = encodings.first().map_or(0, |e| e.get_ids().len());
-        let n = encodings.len();
-        let mut ids = Vec::with_capacity(n * seq);
-        let mut mask = Vec::with_capacity(n * seq);
-        let mut meta = Vec::with_capacity(n);
-        for e in &encodings {
-            ids.extend_from_slice(e.get_ids());
-            mask.extend_from_slice(e.get_attention_mask());
-            let real = e.get_attention_mask().iter().filter(|&&m| m == 1).count() as u32;
-            meta.push((real, !e.get_overflowing().is_empty()));
+        let seq = batch.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
+        let n = batch.len();
+        let mut ids = vec![0u32; n * seq];
+        let mut mask = vec![0u32; n * seq];
+        for (row, e) in batch.iter().enumerate() {
+            let at = row * seq;
+            if let (Some(i), Some(m)) = (
+                ids.get_mut(at..at + e.ids.len()),
+                mask.get_mut(at..at + e.ids.len()),
+            ) {
+                i.copy_from_slice(&e.ids);
+                m.fill(1);
+            }
         }
         let ids = Tensor::from_vec(ids, (n, seq), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, seq), &self.device)?;
-        let type_ids = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        let hidden = self.model.forward(&ids, &mask)?;
         // Mean over the real tokens, then L2 normalisation.
         let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?;
@@ -148,46 +169,13 @@ impl Embedder {
         let rows: Vec<Vec<f32>> = normalised.to_vec2()?;
         Ok(rows
             .into_iter()
-            .zip(meta)
-            .map(|(vector, (tokens, truncated))| Embedded {
+            .zip(batch)
+            .map(|(vector, e)| Embedded {
                 vector,
-                tokens,
-                truncated,
+                tokens: e.ids.len() as u32,
+                truncated: e.truncated,
             })
             .collect())
-    }
-}
-
-/// Stores every dense layer's weight `(out, in)` transposed in memory, so the `x · Wᵀ` of
-/// `Linear` reads a row-major `(in, out)` matrix that gemm uses without repacking it on each call.
-/// On this machine (one thread) a 15×384×1536 product went from 508 to 406 µs and a 15-token
-/// embedding from ~17 to ~14.5 ms; 256-token texts are unchanged (packing is amortised there). The
-/// values are the same, only the layout differs. Embedding tables keep their layout.
-struct TransposedLinear(candle_core::safetensors::BufferedSafetensors);
-
-impl candle_nn::var_builder::SimpleBackend for TransposedLinear {
-    fn get(
-        &self,
-        s: candle_core::Shape,
-        name: &str,
-        h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = candle_nn::var_builder::SimpleBackend::get(&self.0, s, name, h, dtype, dev)?;
-        if t.rank() == 2 && name.ends_with(".weight") && !name.contains("embeddings") {
-            t.t()?.contiguous()?.t()
-        } else {
-            Ok(t)
-        }
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        candle_nn::var_builder::SimpleBackend::get_unchecked(&self.0, name, dtype, dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        candle_nn::var_builder::SimpleBackend::contains_tensor(&self.0, name)
     }
 }
 

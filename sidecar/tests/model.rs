@@ -6,10 +6,12 @@ mod common;
 use common::{cosine, model_dir};
 use sidecar::model::Embedder;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 fn embedder() -> &'static Embedder {
     static E: OnceLock<Embedder> = OnceLock::new();
-    E.get_or_init(|| Embedder::load(&model_dir(), None).unwrap())
+    E.get_or_init(|| Embedder::load(&model_dir(), None, 2).unwrap())
 }
 
 fn embed(text: &str) -> Vec<f32> {
@@ -71,6 +73,47 @@ fn batched_reference_texts_match_too() {
             "batch differs from single by {max_diff} for {:?}",
             item.text
         );
+    }
+}
+
+#[test]
+fn splitting_the_layers_over_threads_changes_no_vector() {
+    // The encoder splits each layer into parts (heads and intermediate columns) that idle threads
+    // help with; partial sums only reorder additions, so every split, helped or not, gives the
+    // same vectors.
+    let r = reference();
+    let texts: Vec<&str> = r.items.iter().map(|i| i.text.as_str()).collect();
+    let two = embedder().embed(&texts).unwrap();
+    for (parts, helpers) in [(1, 0), (2, 1), (3, 2), (12, 0), (40, 3)] {
+        let other = Embedder::load(&model_dir(), None, parts).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..helpers {
+                scope.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        let invitation = other.invitations().recv_timeout(Duration::from_millis(5));
+                        if let Some(team) = invitation.ok().and_then(|w| w.upgrade()) {
+                            team.help();
+                        }
+                    }
+                });
+            }
+            for _ in 0..3 {
+                for (a, b) in other.embed(&texts).unwrap().iter().zip(&two) {
+                    let max_diff = a
+                        .vector
+                        .iter()
+                        .zip(&b.vector)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0.0, f32::max);
+                    assert!(
+                        max_diff < 1e-5,
+                        "{parts} parts, {helpers} helpers: differs by {max_diff}"
+                    );
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
     }
 }
 
@@ -149,9 +192,9 @@ fn long_input_is_truncated_and_flagged() {
 
 #[test]
 fn max_tokens_override_is_capped_by_the_model() {
-    let e = Embedder::load(&model_dir(), Some(100_000)).unwrap();
+    let e = Embedder::load(&model_dir(), Some(100_000), 1).unwrap();
     assert_eq!(e.max_tokens, 512, "position embeddings of all-MiniLM-L6-v2");
-    let short = Embedder::load(&model_dir(), Some(16)).unwrap();
+    let short = Embedder::load(&model_dir(), Some(16), 3).unwrap();
     let out = short.embed(&["one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"]).unwrap();
     assert!(out[0].truncated);
     assert_eq!(out[0].tokens, 16);
@@ -159,7 +202,7 @@ fn max_tokens_override_is_capped_by_the_model() {
 
 #[test]
 fn missing_model_dir_names_the_file() {
-    let Err(e) = Embedder::load(std::path::Path::new("/nonexistent/model"), None) else {
+    let Err(e) = Embedder::load(std::path::Path::new("/nonexistent/model"), None, 1) else {
         panic!("loaded a model from nowhere");
     };
     assert!(e.to_string().contains("/nonexistent/model/config.json"), "{e}");
