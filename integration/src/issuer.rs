@@ -308,7 +308,12 @@ pub struct JwksServer {
 
 impl JwksServer {
     pub fn start(mode: Mode) -> Result<Self, Error> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Self::start_on("127.0.0.1:0", mode)
+    }
+
+    /// Serves on `addr` (the demo's fixed port).
+    pub fn start_on(addr: &str, mode: Mode) -> Result<Self, Error> {
+        let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let mode = Arc::new(Mutex::new(mode));

@@ -14,7 +14,7 @@
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -30,6 +30,9 @@ pub struct Config {
     pub max_position_embeddings: usize,
     pub type_vocab_size: usize,
     pub layer_norm_eps: f64,
+    /// Only `absolute` is implemented.
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -112,13 +115,18 @@ fn load_layer(vb: &VarBuilder, config: &Config, parts: usize) -> candle_core::Re
     let weight = |name: &str, shape: (usize, usize)| vb.get(shape, &format!("{name}.weight"));
     let bias = |name: &str, len: usize| vb.get(len, &format!("{name}.bias"));
     let qkv = ["query", "key", "value"].map(|n| format!("attention.self.{n}"));
+    // The attention scores' 1/√d is folded into the query projection.
+    let scale = 1.0 / (d as f64).sqrt();
+    let scaled = |i: usize, t: Tensor| if i == 0 { t * scale } else { Ok(t) };
     let qkv_w = qkv
         .iter()
-        .map(|n| weight(n, (h, h)))
+        .enumerate()
+        .map(|(i, n)| scaled(i, weight(n, (h, h))?))
         .collect::<candle_core::Result<Vec<_>>>()?;
     let qkv_b = qkv
         .iter()
-        .map(|n| bias(n, h))
+        .enumerate()
+        .map(|(i, n)| scaled(i, bias(n, h)?))
         .collect::<candle_core::Result<Vec<_>>>()?;
     let attention_out_t = weight("attention.output.dense", (h, h))?.t()?;
     let intermediate_w = weight("intermediate.dense", (i, h))?;
@@ -126,6 +134,12 @@ fn load_layer(vb: &VarBuilder, config: &Config, parts: usize) -> candle_core::Re
     let output_t = weight("output.dense", (h, i))?.t()?;
     let head_blocks = blocks(heads, parts);
     let column_blocks = blocks(i, head_blocks.len());
+    if column_blocks.len() != head_blocks.len() {
+        candle_core::bail!(
+            "intermediate_size {i} is smaller than the {} parts",
+            head_blocks.len()
+        );
+    }
     let mut out = Vec::with_capacity(head_blocks.len());
     for (&(head, n), &(col, c)) in head_blocks.iter().zip(&column_blocks) {
         let rows = |t: &Tensor| t.narrow(0, head * d, n * d);
@@ -168,6 +182,13 @@ impl Bert {
         };
         let h = config.hidden_size;
         let heads = config.num_attention_heads;
+        if let Some(t) = config
+            .position_embedding_type
+            .as_deref()
+            .filter(|t| *t != "absolute")
+        {
+            candle_core::bail!("position_embedding_type {t:?} is not supported (only \"absolute\")");
+        }
         if heads == 0 || !h.is_multiple_of(heads) {
             candle_core::bail!("hidden_size {h} is not a multiple of num_attention_heads {heads}");
         }
@@ -216,8 +237,16 @@ impl Bert {
         let mask = ((mask.to_dtype(DType::F32)? - 1.0)? * f64::from(f32::MAX))?.reshape((b, 1, 1, s))?;
         let team = Arc::new(Team::new(self.encoder.clone(), Shape { b, s, mask }));
         for _ in 1..self.parts {
-            if self.invite.try_send(Arc::downgrade(&team)).is_err() {
-                break;
+            let mut invitation = Arc::downgrade(&team);
+            // A full channel holds passes that ended while every thread was busy: drop one.
+            for _ in 0..2 {
+                match self.invite.try_send(invitation) {
+                    Err(TrySendError::Full(back)) => {
+                        invitation = back;
+                        let _ = self.invitations.try_recv();
+                    }
+                    _ => break,
+                }
             }
         }
         let _done = Finished(&team);
@@ -239,7 +268,7 @@ impl Encoder {
             .reshape((b, s, 3, p.heads, d))?;
         let head = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous();
         let (q, k, v) = (head(0)?, head(1)?, head(2)?);
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(&shape.mask)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(&shape.mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let ctx = probs
             .matmul(&v)?
@@ -296,6 +325,15 @@ impl Drop for Finished<'_> {
         if let Ok(mut j) = self.0.job.lock() {
             *j = None;
         }
+    }
+}
+
+/// Counts a claimed part as done when dropped.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -382,6 +420,8 @@ impl Team {
             {
                 continue;
             }
+            // Counted however the part ends, a panic included, so the caller never waits forever.
+            let _count = Counted(&self.done);
             let out = l.parts.get(next).map_or_else(
                 || Err(candle_core::Error::Msg("no such part".into())),
                 |p| match section {
@@ -392,15 +432,16 @@ impl Team {
             if let Some(slot) = self.results.lock().ok().as_mut().and_then(|r| r.get_mut(next)) {
                 *slot = Some(out);
             }
-            self.done.fetch_add(1, Ordering::Release);
         }
     }
 
-    /// A helper's loop: joins each new section until the forward pass is finished.
-    pub fn help(&self) {
+    /// A helper's loop: joins each new section until the forward pass is finished, or until
+    /// `leave()` says the helper has work of its own (checked between sections; the caller runs
+    /// whatever part nobody claimed).
+    pub fn help(&self, leave: impl Fn() -> bool) {
         let mut seen = 0;
         let mut spins = 0;
-        while !self.finished.load(Ordering::Acquire) {
+        while !self.finished.load(Ordering::Acquire) && !leave() {
             let generation = self.state.load(Ordering::Acquire) >> 32;
             if generation == seen {
                 pause(&mut spins);
@@ -420,7 +461,7 @@ impl Team {
 
 /// The partial sums of a section, plus bias and residual.
 fn sum(parts: Vec<Tensor>, bias: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-    let mut acc = residual.broadcast_add(bias)?;
+    let mut acc = (residual + bias.broadcast_as(residual.shape())?)?;
     for p in parts {
         acc = (acc + p)?;
     }

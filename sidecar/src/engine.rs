@@ -138,14 +138,15 @@ fn worker(rx: &Receiver<Job>, embedder: &Embedder, cfg: &EngineConfig, metrics: 
 
 fn serve(rx: &Receiver<Job>, embedder: &Embedder, cfg: &EngineConfig, metrics: &Metrics) {
     loop {
-        let first = crossbeam_channel::select! {
+        // Own jobs first; help another pass only while none is queued.
+        let first = crossbeam_channel::select_biased! {
             recv(rx) -> job => match job {
                 Ok(job) => job,
                 Err(_) => return,
             },
             recv(embedder.invitations()) -> team => {
                 if let Some(team) = team.ok().and_then(|t| t.upgrade()) {
-                    team.help();
+                    team.help(|| !rx.is_empty());
                 }
                 continue;
             }

@@ -35,7 +35,12 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 /// backend: everything that can fail at start-up fails here, with the cause.
 pub async fn build(cfg: &Config) -> Result<Sidecar, Error> {
     let t0 = Instant::now();
-    let embedder = Embedder::load(&cfg.model_dir, cfg.max_tokens, cfg.workers)
+    // One part of each layer per worker, but no more than the cores: a part whose helper is
+    // descheduled keeps its caller waiting.
+    let parts = cfg
+        .workers
+        .min(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let embedder = Embedder::load(&cfg.model_dir, cfg.max_tokens, parts)
         .map_err(|e| format!("loading model from {}: {e}", cfg.model_dir.display()))?;
     tracing::info!(model = %embedder.name, dimension = embedder.dimension, max_tokens = embedder.max_tokens,
                    elapsed_ms = t0.elapsed().as_millis() as u64, "model loaded");

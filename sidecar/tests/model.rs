@@ -93,7 +93,7 @@ fn splitting_the_layers_over_threads_changes_no_vector() {
                     while !stop.load(Ordering::Relaxed) {
                         let invitation = other.invitations().recv_timeout(Duration::from_millis(5));
                         if let Some(team) = invitation.ok().and_then(|w| w.upgrade()) {
-                            team.help();
+                            team.help(|| false);
                         }
                     }
                 });

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The build steps of envoy/compose/Dockerfile, as one script so that they also run where no Docker
+# engine does (scripts/test.sh runs it on the CI machine): unpack the model, build the release
+# sidecar, the demo's mock provider and issuer, and the wasm filters, and copy them to OUT_DIR.
+# Usage: scripts/docker-build.sh OUT_DIR
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+out=${1:?usage: scripts/docker-build.sh OUT_DIR}
+
+bash scripts/fetch-model.sh
+cargo build --locked --release -q -p inference-sidecar -p integration-tests \
+  --bin tollgate-sidecar --bin mock-llm --bin demo-issuer
+cargo wasm --locked -q
+rm -rf "$out"
+mkdir -p "$out/bin" "$out/wasm" "$out/models"
+cp target/release/tollgate-sidecar target/release/mock-llm target/release/demo-issuer "$out/bin/"
+for f in jwt_auth prompt_templater content_moderator semantic_router response_cache token_counter; do
+  cp "target/wasm32-wasip1/release/$f.wasm" "$out/wasm/"
+done
+cp -r models/all-MiniLM-L6-v2 "$out/models/"
+echo "docker-build: $(ls "$out/bin" | wc -l) binaries, $(ls "$out/wasm" | wc -l) filters, model in $out"
