@@ -461,7 +461,7 @@ impl Team {
 
 /// The partial sums of a section, plus bias and residual.
 fn sum(parts: Vec<Tensor>, bias: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-    let mut acc = (residual + bias.broadcast_as(residual.shape())?)?;
+    let mut acc = residual.broadcast_add(bias)?;
     for p in parts {
         acc = (acc + p)?;
     }

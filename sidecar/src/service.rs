@@ -48,13 +48,19 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn check_text(field: &str, text: &str, limits: Limits) -> Result<(), Status> {
+/// Checks one text; `index` names its place in a batch (`texts[3]`), formatted only on error.
+fn check_text(field: &str, index: Option<usize>, text: &str, limits: Limits) -> Result<(), Status> {
+    let name = || match index {
+        Some(i) => format!("{field}[{i}]"),
+        None => field.to_owned(),
+    };
     if text.trim().is_empty() {
-        return Err(Status::invalid_argument(format!("{field} is empty")));
+        return Err(Status::invalid_argument(format!("{} is empty", name())));
     }
     if text.len() > limits.max_text_bytes {
         return Err(Status::invalid_argument(format!(
-            "{field} is {} bytes, over the limit of {}",
+            "{} is {} bytes, over the limit of {}",
+            name(),
             text.len(),
             limits.max_text_bytes
         )));
@@ -94,7 +100,7 @@ impl Sidecar {
         if text.is_empty() {
             return Ok(None);
         }
-        check_text("text", text, self.limits)?;
+        check_text("text", None, text, self.limits)?;
         let e = self.embed_texts(&[text.to_owned()]).await?;
         Ok(e.into_iter().next().map(|e| e.vector.clone()))
     }
@@ -125,7 +131,7 @@ impl Inference for Sidecar {
                 )));
             }
             for (i, t) in texts.iter().enumerate() {
-                check_text(&format!("texts[{i}]"), t, self.limits)?;
+                check_text("texts", Some(i), t, self.limits)?;
             }
             let out = self.embed_texts(&texts).await?;
             Ok(EmbedResponse {
@@ -152,7 +158,7 @@ impl Inference for Sidecar {
             if req.label_set.is_empty() {
                 return Err(Status::invalid_argument("label_set is empty"));
             }
-            check_text("text", &req.text, self.limits)?;
+            check_text("text", None, &req.text, self.limits)?;
             if !self.labels.contains(&req.label_set) {
                 let mut known: Vec<&str> = self.labels.names().collect();
                 known.sort_unstable();
