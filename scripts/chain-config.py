@@ -88,14 +88,27 @@ def compose(config):
     return head + "".join(out)
 
 
-def provider(config, url, key):
+# Where the system CA bundle lives: Debian/Ubuntu (and the official Envoy image), Fedora/RHEL, Alpine/macOS.
+CA_FILES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"]
+
+
+def provider(config, url, key, ca_file):
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         fail(f"--provider must be an http(s) URL, got {url!r}")
+    if parts.path not in ("", "/") or parts.query:
+        fail(f"--provider takes a scheme and host only (the API paths are the client's), got {url!r}")
     host = parts.hostname
+    if parts.scheme == "http" and host not in ("127.0.0.1", "localhost", "::1"):
+        fail("--provider over plain http would send the API key in clear text; use https")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     tls = ""
     if parts.scheme == "https":
+        ca = ca_file or next((f for f in CA_FILES if os.path.exists(f)), None)
+        if not ca:
+            fail(f"no CA bundle found in {CA_FILES}; pass --ca-file")
+        # The certificate must name the provider: without a SAN match Envoy would accept any
+        # publicly trusted certificate, and hand the key to whoever presents one.
         tls = f"""      transport_socket:
         name: envoy.transport_sockets.tls
         typed_config:
@@ -104,7 +117,11 @@ def provider(config, url, key):
           common_tls_context:
             validation_context:
               trusted_ca:
-                filename: /etc/ssl/certs/ca-certificates.crt
+                filename: {ca}
+              match_typed_subject_alt_names:
+                - san_type: DNS
+                  matcher:
+                    exact: {host}
 """
     head, blocks = split_clusters(config)
     out = []
@@ -137,10 +154,12 @@ def provider(config, url, key):
     if vhost not in config:
         fail("no catch-all virtual host")
     key_json = key.replace("\\", "\\\\").replace('"', '\\"')
-    return config.replace(vhost, vhost + f"""                      # The provider's key replaces the client's (already verified) token.
+    return config.replace(vhost, vhost + f"""                      # The provider's key replaces the client's (already verified) token, and
+                      # the gateway's identity headers stay inside.
                       request_headers_to_add:
                         - header: {{key: authorization, value: "Bearer {key_json}"}}
                           append_action: OVERWRITE_IF_EXISTS_OR_ADD
+                      request_headers_to_remove: ["x-tollgate-subject", "x-tollgate-tenant"]
 """, 1)
 
 
@@ -153,6 +172,7 @@ def main():
     ap.add_argument("--compose", action="store_true", help="docker-compose: listen on 0.0.0.0, clusters by service name")
     ap.add_argument("--provider", metavar="URL", help="send LLM traffic to this provider instead of the mock")
     ap.add_argument("--provider-key-env", default="OPENAI_API_KEY", help="environment variable with the provider's API key")
+    ap.add_argument("--ca-file", help=f"CA bundle for the provider's TLS (default: the first of {CA_FILES} that exists)")
     a = ap.parse_args()
 
     config = (ROOT / "envoy" / "envoy.yaml").read_text(encoding="utf-8")
@@ -163,20 +183,23 @@ def main():
     config = insert_filters(config, sorted(filters, key=CHAIN.index))
     if a.wasm_root:
         config = config.replace("filename: target/", f"filename: {a.wasm_root.rstrip('/')}/target/")
+    ports = {}
     for p in a.port:
         old, _, new = p.partition("=")
         if not (old.isdigit() and new.isdigit()):
             fail(f"--port wants DEFAULT=PORT, got {p!r}")
-        config, n = re.subn(rf"^( +port_value: ){old}$", rf"\g<1>{new}", config, flags=re.M)
-        if n == 0:
+        if not re.search(rf"^ +port_value: {old}$", config, re.M):
             fail(f"no port {old} in envoy/envoy.yaml")
+        ports[old] = new
+    # One pass, so a new port that equals another default is not moved again.
+    config = re.sub(r"^( +port_value: )(\d+)$", lambda m: m.group(1) + ports.get(m.group(2), m.group(2)), config, flags=re.M)
     if a.compose:
         config = compose(config)
     if a.provider:
         key = os.environ.get(a.provider_key_env, "")
         if not key:
             fail(f"--provider needs the API key in ${a.provider_key_env}")
-        config = provider(config, a.provider, key)
+        config = provider(config, a.provider, key, a.ca_file)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     mode = " --compose" if a.compose else ""

@@ -50,8 +50,9 @@ for name, svc in services.items():
     check((COMPOSE / build["context"]).resolve() == ROOT, f"{name}: build context is not the repository root")
     check((COMPOSE / build["context"] / build["dockerfile"]).resolve() == COMPOSE / "Dockerfile", f"{name}: dockerfile is not envoy/compose/Dockerfile")
     check(build.get("target") in names, f"{name}: target {build.get('target')!r} is not a stage of the Dockerfile {sorted(names)}")
-for src in re.findall(r"^COPY\s+(?!--from)(\S+)\s", dockerfile, re.M):
-    check(src == "." or (ROOT / src).exists(), f"Dockerfile: COPY source {src} does not exist")
+for flags, src in re.findall(r"^COPY\s+((?:--\S+\s+)*)(\S+)\s", dockerfile, re.M):
+    if "--from=" not in flags:
+        check(src == "." or (ROOT / src).exists(), f"Dockerfile: COPY source {src} does not exist")
 
 envoy_version = re.search(r"^ENVOY_VERSION=(\S+)", (ROOT / "scripts" / "setup.sh").read_text(), re.M).group(1)
 rust_version = re.search(r'^channel = "(\S+)"', (ROOT / "rust-toolchain.toml").read_text(), re.M).group(1)

@@ -13,7 +13,7 @@ failed=0 passed=0
 request() {
   local want=$1 desc=$2 got
   shift 2
-  got=$(curl -s -D "$tmp/headers" -o "$tmp/body" -w '%{http_code}' "$@") || got="curl failed"
+  got=$(curl -s --max-time 30 -D "$tmp/headers" -o "$tmp/body" -w '%{http_code}' "$@") || got="curl failed"
   if [ "$got" = "$want" ]; then
     return 0
   fi
@@ -85,7 +85,8 @@ request 429 "budget" "$GW/v1/chat/completions" "${as_alice[@]}" \
        || bad "429 without budget_exceeded or retry-after"; }
 
 request 400 "context" "$GW/v1/chat/completions" "${as_alice[@]}" -d "$(chat gpt-4o Hello ',"max_tokens":130000')" \
-  && ok "prompt + max_tokens over the context window: 400"
+  && { has context_length_exceeded && ok "prompt + max_tokens over the context window: 400 context_length_exceeded" \
+       || bad "400 for another reason"; }
 
 request 200 "openai stream" "$GW/v1/chat/completions" "${as_alice[@]}" \
   -d '{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Stream please"}]}' \
@@ -99,16 +100,18 @@ head -c 1200000 /dev/zero | tr '\0' x | sed 's/^/{"model":"gpt-4o","messages":[{
 request 413 "body limit" "$GW/v1/chat/completions" "${as_alice[@]}" --data-binary @"$tmp/big.json" \
   && { has '"error"' && ok "a body over 1 MiB: 413 in the OpenAI error shape" || bad "413 without an error body"; }
 
-curl -s "$ADMIN/stats/prometheus" >"$tmp/body"
+curl -s --max-time 30 "$ADMIN/stats/prometheus" >"$tmp/body"
 missing=()
 for f in jwt_auth prompt_templater content_moderator semantic_router response_cache token_counter; do
   grep -q "^tollgate_${f}_" "$tmp/body" || missing+=("$f")
 done
 [ ${#missing[@]} -eq 0 ] && ok "/stats/prometheus has every filter's metrics" || bad "no metrics from: ${missing[*]}"
 
-line=$(last_log /v1/chat/completions)
-grep -q '"subject":"alice"' <<<"$line" && grep -q '"model":"' <<<"$line" \
-  && ok "access log has the per-request AI fields" || { echo "      log: $line"; bad "access log lacks subject/model"; }
+# The OpenAI stream above: who, which model, the tokens and cost, the route and the cache verdict.
+line=$(grep -F '"model":"gpt-4o-mini"' "$RUN/access.log" | grep -F '"subject":"alice"' | grep -F '"completion_tokens":"' | tail -n 1 || true)
+[ -n "$line" ] && grep -q '"cost_usd":"[0-9]' <<<"$line" && grep -q '"route":"[a-z]' <<<"$line" && grep -q '"cache":"[a-z]' <<<"$line" \
+  && ok "access log has the per-request AI fields (subject, model, tokens, cost, route, cache)" \
+  || { echo "      log: ${line:-none}"; bad "access log lacks the AI fields"; }
 
 echo "demo check: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -80,10 +80,14 @@ target/release/tollgate-sidecar --listen "127.0.0.1:$SIDECAR_PORT" \
   2>"$run/sidecar.log" &
 pids+=($!)
 .venv/bin/envoy -c "$run/envoy.yaml" --use-dynamic-base-id --concurrency 2 -l warning \
-  --log-path "$run/envoy.log" >"$run/access.log" &
+  --file-flush-interval-msec 100 --log-path "$run/envoy.log" >"$run/access.log" &
 pids+=($!)
 
 for _ in $(seq 1 100); do
+  # Our own processes must be the ones answering (not a demo left running on these ports).
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "[demo] a process exited at start; see $run/*.log (ports in use?)" >&2; exit 1; }
+  done
   if curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null 2>&1 \
      && curl -fs "http://127.0.0.1:$UPSTREAM_PORT/healthz" >/dev/null 2>&1 \
      && curl -fs "http://127.0.0.1:$SIDECAR_METRICS_PORT/metrics" >/dev/null 2>&1 \

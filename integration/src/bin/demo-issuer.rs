@@ -25,12 +25,13 @@ fn run(listen: &str, tokens: &str) -> Result<(), Box<dyn std::error::Error + Sen
         });
         out.push_str(&format!("{name}={}\n", key.sign("ES256", &claims)?));
     }
-    std::fs::write(tokens, out).map_err(|e| format!("writing {tokens}: {e}"))?;
     let set = jwks(&[&key]);
     drop(key);
     drop(dir); // the private key is gone; only the public JWK is served
+    // Listen before handing out tokens: a demo that finds them knows this issuer serves their key.
     let _server =
         JwksServer::start_on(listen, Mode::Serve(set)).map_err(|e| format!("listening on {listen}: {e}"))?;
+    std::fs::write(tokens, out).map_err(|e| format!("writing {tokens}: {e}"))?;
     eprintln!("demo-issuer: JWKS on http://{listen}/.well-known/jwks.json, tokens in {tokens}");
     loop {
         std::thread::park();
