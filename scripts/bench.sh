@@ -9,7 +9,11 @@
 # streamed reply with every detector on, vs bare Envoy); `semantic-router` (keyword, repeated and
 # distinct prompts through the shipped snippet and the release sidecar, vs bare Envoy, with the
 # filter's sidecar time shown apart); `response-cache` (an exact hit, and misses with and without
-# the semantic lookup, vs bare Envoy).
+# the semantic lookup, vs bare Envoy); `chain` (bare Envoy, each filter alone, the tiers auth + token
+# counting, + moderation, + the response cache hit and miss, + semantic routing, and the full chain
+# of six, in one run: start-up, RSS, c1 added latency, c16 throughput, a fixed-rate open-loop run,
+# streaming time to first token and chunk gaps; Envoy pinned to CPU 0, the load generator, the mock
+# and the sidecar to CPU 1; JSON and Markdown in .cache/bench/chain.{json,md}).
 # Run all: scripts/bench.sh; one: scripts/bench.sh token-counter.
 # Results print as Markdown; they are measurements of this machine, not assertions.
 # TOLLGATE_BENCH_SIDECAR_ARGS adds flags to the benchmarked sidecar (e.g. "--workers 1").
@@ -18,7 +22,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(sidecar token-counter prompt-templater jwt-auth content-moderator semantic-router response-cache)
+[ ${#sections[@]} -gt 0 ] || sections=(sidecar token-counter prompt-templater jwt-auth content-moderator semantic-router response-cache chain)
 step() { printf '\n\033[1m[bench]\033[0m %s\n' "$*"; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
@@ -115,6 +119,35 @@ bench_with_sidecar() {
   kill "$pid" 2>/dev/null || true
 }
 
+# The whole chain, tier by tier. With two or more CPUs, Envoy (one worker) runs on CPU 0 and
+# everything that loads or serves it (the driver with wrk, the open-loop generator and the mock, and
+# the sidecar) on CPU 1, so the gateway's numbers are not its load generator's.
+bench_chain() {
+  need_wrk
+  step "build: wasm filters, the release sidecar and the benchmark driver"
+  cargo wasm -q
+  cargo build -q --release -p inference-sidecar --bin tollgate-sidecar
+  cargo build -q --release -p integration-tests --bin bench-chain
+  local pin_envoy=() pin_load=()
+  if [ "$(nproc)" -ge 2 ]; then
+    pin_envoy=(taskset -c 0); pin_load=(taskset -c 1)
+  fi
+  local wrapper="$run/envoy-pinned"
+  printf '#!/bin/sh\nexec %s %q "$@"\n' "${pin_envoy[*]}" "$PWD/.venv/bin/envoy" >"$wrapper"
+  chmod +x "$wrapper"
+  local port
+  port=$(free_port)
+  "${pin_load[@]}" target/release/tollgate-sidecar --listen "127.0.0.1:$port" --metrics-addr off \
+    --label-sets sidecar/label-sets.json 2>"$run/sidecar-chain.log" &
+  local pid=$!; pids+=("$pid")
+  wait_port "$port"
+  step "chain: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); sidecar on CPUs $(grep Cpus_allowed_list "/proc/$pid/status" | cut -f2)"
+  ENVOY_BIN="$wrapper" "${pin_load[@]}" target/release/bench-chain --sidecar "127.0.0.1:$port" \
+    --seconds "${TOLLGATE_BENCH_SECONDS:-5}" --rate "${TOLLGATE_BENCH_RATE:-20}" \
+    --json "$run/chain.json" --markdown "$run/chain.md"
+  kill "$pid" 2>/dev/null || true
+}
+
 for s in "${sections[@]}"; do
   case "$s" in
     sidecar) bench_sidecar ;;
@@ -124,6 +157,7 @@ for s in "${sections[@]}"; do
     content-moderator) bench_content_moderator ;;
     semantic-router) bench_with_sidecar semantic-router ;;
     response-cache) bench_with_sidecar response-cache ;;
-    *) echo "unknown section: $s (known: sidecar, token-counter, prompt-templater, jwt-auth, content-moderator, semantic-router, response-cache)" >&2; exit 2 ;;
+    chain) bench_chain ;;
+    *) echo "unknown section: $s (known: sidecar, token-counter, prompt-templater, jwt-auth, content-moderator, semantic-router, response-cache, chain)" >&2; exit 2 ;;
   esac
 done

@@ -1,7 +1,9 @@
 //! The whole chain as `scripts/demo.sh` runs it (the six shipped snippets in the documented order,
-//! the real sidecar and model, a JWKS from keys made at test time) under faults: the sidecar killed
-//! under load, the identity provider's keys unavailable, provider errors and resets, a client that
-//! leaves mid-stream. Each filter's failure mode must hold, and no request may hang.
+//! the real sidecar and model, a JWKS from keys made at test time) under faults: the sidecar killed,
+//! hung or refusing connections under load, the identity provider's keys unavailable, provider
+//! errors and resets, a client that leaves mid-stream, malformed SSE from the provider, bodies over
+//! each stage's limit, a broken filter config. Each filter's failure mode must hold, and no request
+//! may hang.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -45,17 +47,15 @@ impl Chain {
             MockLlm::start().unwrap(),
             MockLlm::start().unwrap(),
         ];
-        let mut opts = Options::new("envoy.yaml")
-            .upstream(default_ports::LLM_UPSTREAM, general.port())
-            .upstream(default_ports::MATH, math.port())
-            .upstream(default_ports::CODE, routed[0].port())
-            .upstream(default_ports::SUPPORT[0], routed[1].port())
-            .upstream(default_ports::SUPPORT[1], routed[2].port())
-            .upstream(default_ports::SIDECAR, sidecar_port)
-            .upstream(default_ports::JWKS, jwks.port);
-        for s in CHAIN {
-            opts = opts.snippet(s);
-        }
+        let opts = chain_options(&[
+            (default_ports::LLM_UPSTREAM, general.port()),
+            (default_ports::MATH, math.port()),
+            (default_ports::CODE, routed[0].port()),
+            (default_ports::SUPPORT[0], routed[1].port()),
+            (default_ports::SUPPORT[1], routed[2].port()),
+            (default_ports::SIDECAR, sidecar_port),
+            (default_ports::JWKS, jwks.port),
+        ]);
         Self {
             envoy: Envoy::start(opts).unwrap(),
             general,
@@ -99,6 +99,18 @@ impl Chain {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `envoy/envoy.yaml` with the six snippets in order, upstreams moved to `ports`.
+fn chain_options(ports: &[(u16, u16)]) -> Options<'static> {
+    let mut opts = Options::new("envoy.yaml");
+    for (from, to) in ports {
+        opts = opts.upstream(*from, *to);
+    }
+    for s in CHAIN {
+        opts = opts.snippet(s);
+    }
+    opts
 }
 
 fn chat(text: &str) -> Value {
@@ -355,4 +367,220 @@ async fn provider_errors_resets_and_client_aborts_through_the_chain() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.json()["error"]["message"].is_string());
     assert_eq!(chain.general.journal.count(), before);
+}
+
+/// A sidecar that accepts connections and never answers, then one that closes each connection at
+/// once, under load: every request is answered within the filters' sidecar timeouts (routed to the
+/// default route, looked up in the exact cache only), and the exact cache still answers repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_or_refusing_sidecar_under_load_no_request_hangs() {
+    for hang in [true, false] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming().flatten() {
+                if hang {
+                    held.push(s);
+                }
+            }
+        });
+        let chain = Chain::start(port, None);
+        let alice = chain.token("alice", "acme");
+        let mut tasks = Vec::new();
+        for i in 0..40u32 {
+            let (url, token) = (chain.envoy.url(CHAT), alice.clone());
+            let body = if i % 2 == 0 {
+                deterministic(&format!("Integrate x^{i} * sin(x) with respect to x"))
+            } else {
+                chat(&format!("Solve {i}x - 3 = 0 for x"))
+            };
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let r = Client::new()
+                    .post_json(&url, &[("authorization", token.as_str())], &body)
+                    .await
+                    .unwrap();
+                (r.status, t.elapsed(), r.text())
+            }));
+        }
+        for t in tasks {
+            let (status, took, body) = t.await.unwrap();
+            assert_eq!(status, 200, "hang={hang}: {body}");
+            // The router's and the cache's 200 ms sidecar timeouts, 40 requests at once on one worker.
+            assert!(
+                took < Duration::from_secs(3),
+                "hang={hang}: a request took {took:?}"
+            );
+        }
+        let log = chain.envoy.wait_access_log(40);
+        assert!(
+            log.iter().all(|e| e["route"] == "general"),
+            "hang={hang}: without a sidecar the default route: {log:?}"
+        );
+        assert!(
+            chain.stat("tollgate_semantic_router_sidecar_errors") >= 1,
+            "hang={hang}:\n{}",
+            chain.envoy.log()
+        );
+        assert_eq!(chain.general.journal.count(), 40);
+        let q = deterministic("What is the capital of Australia?");
+        let r = chain.send(&alice, &q, &[]).await;
+        assert_eq!(r.header("x-tollgate-cache"), Some("miss"), "hang={hang}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = chain.send(&alice, &q, &[]).await;
+        assert_eq!(
+            r.header("x-tollgate-cache"),
+            Some("hit"),
+            "hang={hang}: the exact cache needs no sidecar"
+        );
+    }
+}
+
+/// One filter's configuration broken in the middle of the full chain: Envoy refuses to start, and
+/// its log names the filter's field.
+#[test]
+fn an_invalid_filter_config_in_the_chain_stops_envoy_naming_the_field() {
+    let cases = [
+        (
+            r#""cache_ttl_s": 600"#,
+            r#""cache_ttl_s": "ten minutes""#,
+            "providers[0].jwks.remote.cache_ttl_s",
+        ),
+        (
+            r#""split": {"v1": 90, "v2": 10}"#,
+            r#""split": {"v1": 90, "v3": 10}"#,
+            "templates[0].split.v3",
+        ),
+        (
+            r#""email": {"action": "mask"}"#,
+            r#""email": {"action": "shout"}"#,
+            "request.detectors.email.action",
+        ),
+        (
+            r#""failure_mode": "open""#,
+            r#""failure_mode": "ajar""#,
+            "failure_mode",
+        ),
+        (r#""slots": 1024"#, r#""slots": "many""#, "slots"),
+        (
+            r#""window": "minute", "tokens": 200000"#,
+            r#""window": "fortnight", "tokens": 200000"#,
+            "budgets.rules[0].window",
+        ),
+    ];
+    let mock = MockLlm::start().unwrap();
+    for (from, to, field) in cases {
+        let opts = chain_options(&[
+            (default_ports::LLM_UPSTREAM, mock.port()),
+            (default_ports::MATH, mock.port()),
+            (default_ports::CODE, mock.port()),
+            (default_ports::SUPPORT[0], mock.port()),
+            (default_ports::SUPPORT[1], mock.port()),
+            (default_ports::SIDECAR, tollgate_it::ports::free_port().unwrap()),
+            (default_ports::JWKS, mock.port()),
+        ])
+        .replace(from, to);
+        let err = match Envoy::start(opts) {
+            Ok(_) => panic!("Envoy started with {to}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(&format!("invalid configuration at `{field}`")),
+            "{to}: {err}"
+        );
+    }
+}
+
+/// Bodies over each stage's limit: a request over Envoy's buffer limit is a 413 before any filter
+/// runs, a token over jwt-auth's limit a 401, a provider reply over the moderator's limit a 503 `response_too_large`;
+/// none reaches the provider twice, and the chain keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limits_are_refused_at_their_stage() {
+    let chain = Chain::start(tollgate_it::ports::free_port().unwrap(), None);
+    let alice = chain.token("alice", "acme");
+
+    let big = chat(&"lorem ipsum dolor ".repeat(64 << 10));
+    let r = chain.send(&alice, &big, &[]).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "request_too_large");
+    assert_eq!(chain.general.journal.count(), 0);
+
+    let long_token = format!("Bearer {}", "a".repeat(9000));
+    let r = chain.send(&long_token, &chat("Hello"), &[]).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.json()["error"]["message"].is_string(), "{}", r.text());
+    assert_eq!(chain.general.journal.count(), 0);
+
+    // ~1.1 MB of reply text: over the 1 MiB the moderator reads (and Envoy buffers), so it is
+    // not passed unchecked; whichever notices first, the client gets the same JSON error.
+    let carol = chain.token("carol", "acme");
+    let r = chain
+        .send(
+            &carol,
+            &chat("Write a very long essay"),
+            &[("x-mock-chunks", "1100"), ("x-mock-chunk-bytes", "1000")],
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", &r.text()[..r.text().len().min(300)]);
+    assert_eq!(r.json()["error"]["code"], "response_too_large", "{}", r.text());
+    assert_eq!(chain.general.journal.count(), 1);
+
+    let r = chain.send(&alice, &chat("Hello"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A provider stream that breaks the SSE and JSON grammars (broken JSON, wrong-typed usage, a line
+/// without a field, invalid UTF-8, a 64 KiB event split across writes, CR line endings) through
+/// all six filters: the stream reaches its end, no VM fails, nothing is cached, and the chain
+/// keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_sse_from_the_provider_passes_every_stage_without_harm() {
+    let chain = Chain::start(tollgate_it::ports::free_port().unwrap(), None);
+    let bob = chain.token("bob", "globex");
+    let q = deterministic("Name three rivers in Europe.");
+    let mut stream = q.clone();
+    stream["stream"] = json!(true);
+    stream["stream_options"] = json!({"include_usage": true});
+    for round in 0..2 {
+        let resp = Client::new()
+            .send(
+                "POST",
+                &chain.envoy.url(CHAT),
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", bob.as_str()),
+                    ("x-mock-malformed-sse", "1"),
+                ],
+                serde_json::to_vec(&stream).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = tokio::time::timeout(Duration::from_secs(10), client::read(resp))
+            .await
+            .expect("the stream never ended")
+            .unwrap();
+        let text = body.text();
+        assert!(
+            text.contains("[DONE]"),
+            "round {round}: {}",
+            &text[text.len().saturating_sub(300)..]
+        );
+        assert!(
+            text.contains("Name") || text.contains("river") || text.len() > 65_536,
+            "round {round}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(chain.general.journal.count(), 2, "the broken stream was cached");
+    let r = chain
+        .send(&bob, &chat("Hello after the broken stream"), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let log = chain.envoy.log();
+    assert!(
+        !log.contains("panicked") && !log.contains("Plugin crashed") && !log.contains("wasm log: failed"),
+        "{log}"
+    );
 }

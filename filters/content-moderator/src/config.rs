@@ -77,9 +77,10 @@ pub struct RawAllow {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRules {
-    /// Built-in detectors by name, each with its action.
+    /// Built-in detectors by name, each with its action. Keyed by the name as written, so an error
+    /// inside one names it (`request.detectors.email.action`); names are checked when compiled.
     #[serde(default)]
-    pub detectors: BTreeMap<Kind, RawDetector>,
+    pub detectors: BTreeMap<String, RawDetector>,
     #[serde(default)]
     pub deny: Vec<RawRule>,
     /// A finding inside a match of one of these is let through (e.g. the company's own support
@@ -124,7 +125,20 @@ fn regex(pattern: &str, case_insensitive: bool, at: &str) -> Result<regex::Regex
 pub fn compile_rules(raw: RawRules, at: &str) -> Result<Rules, ConfigError> {
     let mut categories = Vec::new();
     let mut patterns: Vec<String> = Vec::new();
-    for (kind, d) in raw.detectors {
+    let mut detectors = BTreeMap::new();
+    for (name, d) in raw.detectors {
+        let kind = Kind::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+            ConfigError::field(
+                format!("{at}.detectors.{name}"),
+                format!(
+                    "unknown detector; known: {}",
+                    Kind::ALL.map(Kind::name).join(", ")
+                ),
+            )
+        })?;
+        detectors.insert(kind, d);
+    }
+    for (kind, d) in detectors {
         patterns.push(kind.pattern().to_owned());
         let detector = Detector::new(kind)
             .map_err(|e| ConfigError::field(format!("{at}.detectors.{}", kind.name()), e.to_string()))?;

@@ -207,13 +207,23 @@ mod tests {
             compile_rules(raw, "request").unwrap_err().path,
             "request.deny[0].name"
         );
-        let e = filter_core::config::parse::<RawRules>(
+        let raw: RawRules = filter_core::config::parse(
             json!({"detectors": {"passport": {"action": "mask"}}})
                 .to_string()
                 .as_bytes(),
         )
+        .unwrap();
+        let e = compile_rules(raw, "request").unwrap_err();
+        assert_eq!(e.path, "request.detectors.passport", "{e}");
+        assert!(e.to_string().contains("payment_card"), "{e}");
+        // An error inside a detector names it.
+        let e = filter_core::config::parse::<RawRules>(
+            json!({"detectors": {"email": {"action": "shout"}}})
+                .to_string()
+                .as_bytes(),
+        )
         .unwrap_err();
-        assert!(e.path.starts_with("detectors"), "{e}");
+        assert_eq!(e.path, "detectors.email.action", "{e}");
     }
 
     #[test]

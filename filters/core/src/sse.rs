@@ -49,6 +49,8 @@ pub enum SseError {
     EventTooLarge { limit: usize },
 }
 
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Default bound on one event's size; a stream that never sends a blank line cannot grow memory
 /// past it.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
@@ -84,13 +86,25 @@ impl SseParser {
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Event>) -> Result<(), SseError> {
         let mut rest = chunk;
         if !self.started && !rest.is_empty() {
-            self.started = true;
-            if let Some(tail) = rest.strip_prefix(b"\xEF\xBB\xBF".as_slice()) {
-                self.current.raw.extend_from_slice(b"\xEF\xBB\xBF");
-                rest = tail;
+            // The BOM may itself be split across chunks: until it is complete or ruled out, its
+            // bytes so far are all the stream has given (held in `raw`).
+            let held = self.current.raw.len();
+            let want = BOM.get(held..).unwrap_or_default();
+            let take = rest.len().min(want.len());
+            if rest.get(..take) == want.get(..take) {
+                self.current.raw.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if held + take < BOM.len() {
+                    return Ok(());
+                }
+            } else {
+                // Not a BOM after all: the held bytes begin the first line.
+                self.line.extend_from_slice(&self.current.raw);
             }
+            self.started = true;
         }
-        if self.after_cr {
+        // An empty chunk (Envoy may deliver one) says nothing about the byte after a trailing CR.
+        if self.after_cr && !rest.is_empty() {
             self.after_cr = false;
             if let Some(tail) = rest.strip_prefix(b"\n".as_slice()) {
                 self.current.raw.push(b'\n');
@@ -210,6 +224,18 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_chunk_between_cr_and_lf_keeps_them_one_line_ending() {
+        // Found by fuzzing (fuzz target `sse`): the empty chunk cleared the pending CR, so the LF
+        // ended a second, blank line and dispatched the event before its `data:` line.
+        let input = b"event: message_start\r\ndata: {}\r\n\r\n";
+        let whole = parse_in_pieces(input, &[]);
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].event.as_deref(), Some("message_start"));
+        assert_eq!(parse_in_pieces(input, &[21, 21]), whole);
+        assert_eq!(parse_in_pieces(input, &[21, 21, 21, 22]), whole);
+    }
+
+    #[test]
     fn crlf_cr_and_lf_line_endings_including_cr_lf_split_across_chunks() {
         let input = b"event: a\r\ndata: 1\r\n\r\nevent: b\rdata: 2\r\rdata: 3\n\n";
         let whole = parse_in_pieces(input, &[]);
@@ -274,6 +300,26 @@ mod tests {
         let ev = parse_in_pieces(b"\xEF\xBB\xBFdata: x\n\n", &[]);
         assert_eq!(data(&ev), [Some("x")]);
         assert_eq!(ev[0].raw, b"\xEF\xBB\xBFdata: x\n\n");
+    }
+
+    #[test]
+    fn a_bom_split_across_chunks_is_still_skipped() {
+        // Found by fuzzing (fuzz target `sse`): a BOM cut after its first byte was kept in the
+        // first field name, so `\u{FEFF}id` was ignored when the chunks were split there.
+        let input = b"\xEF\xBB\xBFid: 8\ndata: x\n\n";
+        let whole = parse_in_pieces(input, &[]);
+        assert_eq!(whole[0].id.as_deref(), Some("8"));
+        for cuts in [&[1][..], &[2], &[1, 2, 2], &[1, 1, 3]] {
+            assert_eq!(parse_in_pieces(input, cuts), whole, "cuts {cuts:?}");
+        }
+        // Bytes that only begin like a BOM are the start of the first line.
+        let not_bom = b"\xEF\xBBx: y\ndata: z\n\n";
+        let whole = parse_in_pieces(not_bom, &[]);
+        assert_eq!(whole[0].raw, not_bom);
+        assert_eq!(parse_in_pieces(not_bom, &[1, 2]), whole);
+        let mut p = SseParser::default();
+        p.feed(b"\xEF", &mut Vec::new()).unwrap();
+        assert_eq!(p.pending(), b"\xEF");
     }
 
     #[test]

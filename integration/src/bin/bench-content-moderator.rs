@@ -6,8 +6,7 @@
 //! Markdown; measurements of this machine, not assertions.
 
 use serde_json::{Value, json};
-use std::path::PathBuf;
-use tollgate_it::bench::{Error, prose, wrk_with_headers};
+use tollgate_it::bench::{Error, Flags, prose, wrk_with_headers};
 use tollgate_it::envoy::{Envoy, Options, default_ports};
 use tollgate_it::mock::MockLlm;
 
@@ -39,17 +38,8 @@ fn config() -> Value {
 }
 
 fn main() -> Result<(), Error> {
-    let mut seconds = 5u64;
-    let mut json_out: Option<PathBuf> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let v = args.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--seconds" => seconds = v.parse()?,
-            "--json" => json_out = Some(v.into()),
-            _ => return Err(format!("unknown flag {flag}").into()),
-        }
-    }
+    let flags = Flags::parse(&[])?;
+    let (seconds, json_out) = (flags.seconds, flags.json.clone());
     let mock = MockLlm::start()?;
     let dir = std::env::temp_dir().join(format!("tollgate-bench-mod-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -6,8 +6,7 @@
 //! lookup); jwt-auth without the cache both in RustCrypto and through Envoy's `verify_signature`. Prints Markdown; measurements of this machine, not assertions.
 
 use serde_json::{Value, json};
-use std::path::PathBuf;
-use tollgate_it::bench::{Error, wrk_with_headers};
+use tollgate_it::bench::{Error, Flags, wrk_with_headers};
 use tollgate_it::envoy::{Envoy, Options, default_ports};
 use tollgate_it::issuer::{KeyDir, KeyKind, jwks, now};
 use tollgate_it::mock::MockLlm;
@@ -50,17 +49,8 @@ fn wasm_config(jwks_doc: &Value, cache: bool, native: bool) -> Value {
 }
 
 fn main() -> Result<(), Error> {
-    let mut seconds = 5u64;
-    let mut json_out: Option<PathBuf> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let v = args.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--seconds" => seconds = v.parse()?,
-            "--json" => json_out = Some(v.into()),
-            _ => return Err(format!("unknown flag {flag}").into()),
-        }
-    }
+    let flags = Flags::parse(&[])?;
+    let (seconds, json_out) = (flags.seconds, flags.json.clone());
     let keys = KeyDir::new()?;
     let rsa = keys.key(KeyKind::Rsa, "rsa")?;
     let ec = keys.key(KeyKind::P256, "ec")?;

@@ -5,8 +5,7 @@
 //! path). Prints Markdown; measurements of this machine, not assertions.
 
 use serde_json::{Value, json};
-use std::path::PathBuf;
-use tollgate_it::bench::{Error, prose, wrk};
+use tollgate_it::bench::{Error, Flags, prose, wrk};
 use tollgate_it::envoy::{Envoy, Options, default_ports};
 use tollgate_it::mock::MockLlm;
 
@@ -24,17 +23,8 @@ fn library() -> Value {
 }
 
 fn main() -> Result<(), Error> {
-    let mut seconds = 5u64;
-    let mut json_out: Option<PathBuf> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let v = args.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--seconds" => seconds = v.parse()?,
-            "--json" => json_out = Some(v.into()),
-            _ => return Err(format!("unknown flag {flag}").into()),
-        }
-    }
+    let flags = Flags::parse(&[])?;
+    let (seconds, json_out) = (flags.seconds, flags.json.clone());
     let mock = MockLlm::start()?;
     let dir = std::env::temp_dir().join(format!("tollgate-bench-tpl-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

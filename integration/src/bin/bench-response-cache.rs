@@ -7,8 +7,7 @@
 //! prompts. Prints Markdown; measurements of this machine, not assertions.
 
 use serde_json::{Value, json};
-use std::path::PathBuf;
-use tollgate_it::bench::{Error, Load, wrk, wrk_varying};
+use tollgate_it::bench::{Error, Flags, Load, wrk, wrk_varying};
 use tollgate_it::envoy::{Envoy, Options, default_ports};
 use tollgate_it::mock::MockLlm;
 
@@ -20,20 +19,9 @@ fn chat(text: &str) -> Value {
 }
 
 fn main() -> Result<(), Error> {
-    let mut seconds = 5u64;
-    let mut json_out: Option<PathBuf> = None;
-    let mut sidecar: Option<std::net::SocketAddr> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let v = args.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--seconds" => seconds = v.parse()?,
-            "--json" => json_out = Some(v.into()),
-            "--sidecar" => sidecar = Some(v.parse()?),
-            _ => return Err(format!("unknown flag {flag}").into()),
-        }
-    }
-    let sidecar = sidecar.ok_or("--sidecar ADDR is required (scripts/bench.sh starts one)")?;
+    let flags = Flags::parse(&[])?;
+    let (seconds, json_out) = (flags.seconds, flags.json.clone());
+    let sidecar = flags.sidecar()?;
     let mock = MockLlm::start()?;
     let dir = std::env::temp_dir().join(format!("tollgate-bench-cache-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -11,7 +11,7 @@
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tollgate_it::bench::{prose, rss_mb, wrk};
+use tollgate_it::bench::{Flags, prose, rss_mb, wrk};
 use tollgate_it::client::Client;
 use tollgate_it::envoy::{Envoy, Options, default_ports};
 use tollgate_it::mock::MockLlm;
@@ -27,22 +27,12 @@ struct Args {
 }
 
 fn args() -> Result<Args, Error> {
-    let mut a = Args {
-        seconds: 5,
-        connections: 8,
-        json: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let v = it.next().ok_or(format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--seconds" => a.seconds = v.parse()?,
-            "--connections" => a.connections = v.parse()?,
-            "--json" => a.json = Some(v.into()),
-            _ => return Err(format!("unknown flag {flag}").into()),
-        }
-    }
-    Ok(a)
+    let flags = Flags::parse(&["connections"])?;
+    Ok(Args {
+        seconds: flags.seconds,
+        connections: flags.own("connections").unwrap_or("8").parse()?,
+        json: flags.json,
+    })
 }
 
 fn filter_config(cache_entries: usize) -> Value {

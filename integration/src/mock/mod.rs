@@ -14,6 +14,9 @@
 //! - `x-mock-echo: 1` — the reply text is the request body as received.
 //! - `x-mock-cached-tokens: 50` — report that many prompt tokens as read from the provider cache.
 //! - `x-mock-no-usage: 1` — OpenAI chat: leave `usage` out (as some OpenAI-compatible servers do).
+//! - `x-mock-malformed-sse: 1` — after the first streamed event, send events no provider should:
+//!   broken JSON, a wrong-typed `usage`, a line without a field name, invalid UTF-8, a 64 KiB line
+//!   split across writes, CR line endings; then the rest of the stream as usual.
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -101,6 +104,10 @@ pub async fn serve(listener: TcpListener, journal: Arc<Journal>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // Streamed events go out as they are written, as a provider's do: without this, Nagle's
+        // algorithm holds the second small write until the first is acknowledged, which with
+        // delayed ACKs adds ~40 ms to the first streamed token.
+        let _ = stream.set_nodelay(true);
         let journal = journal.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(req, journal.clone()));
@@ -200,6 +207,7 @@ pub(super) struct Controls {
     echo: bool,
     cached_tokens: u64,
     no_usage: bool,
+    malformed_sse: bool,
 }
 
 impl Controls {
@@ -216,6 +224,9 @@ impl Controls {
             cached_tokens: num("x-mock-cached-tokens").unwrap_or(0),
             no_usage: req
                 .header("x-mock-no-usage")
+                .is_some_and(|v| v == "1" || v == "true"),
+            malformed_sse: req
+                .header("x-mock-malformed-sse")
                 .is_some_and(|v| v == "1" || v == "true"),
         }
     }
@@ -333,7 +344,11 @@ pub(super) fn text_response(status: StatusCode, text: &'static str) -> Response<
     resp
 }
 
-pub(super) fn sse_response(events: Vec<Bytes>, ctl: &Controls) -> Response<MockBody> {
+pub(super) fn sse_response(mut events: Vec<Bytes>, ctl: &Controls) -> Response<MockBody> {
+    if ctl.malformed_sse {
+        let at = events.len().min(1);
+        events.splice(at..at, malformed_events());
+    }
     let (tx, rx) = mpsc::channel(16);
     let delay = ctl.chunk_delay;
     let reset_after = ctl.reset_after;
@@ -362,4 +377,24 @@ pub(super) fn sse_response(events: Vec<Bytes>, ctl: &Controls) -> Response<MockB
         hyper::header::HeaderValue::from_static("no-cache"),
     );
     resp
+}
+
+/// The events `x-mock-malformed-sse` inserts: each breaks the SSE or JSON grammar a different way.
+fn malformed_events() -> Vec<Bytes> {
+    let long = format!(
+        "data: {{\"choices\": [{{\"delta\": {{\"content\": \"{}",
+        "x".repeat(64 << 10)
+    );
+    let (a, b) = long.split_at(long.len() / 2);
+    vec![
+        Bytes::from_static(b"data: {\"id\": \"chatcmpl-broken\", \"choices\": [{\"delta\": {\"content\": \"cut\n\n"),
+        Bytes::from_static(
+            b"data: {\"choices\": \"not a list\", \"usage\": {\"prompt_tokens\": -5, \"completion_tokens\": \"many\"}}\n\n",
+        ),
+        Bytes::from_static(b"this line has no field name\n\n"),
+        Bytes::from_static(b": a comment\nevent: ping\ndata: \xff\xfe\xfd\n\n"),
+        Bytes::copy_from_slice(a.as_bytes()),
+        Bytes::from(format!("{b}\"}}}}]}}\n\n")),
+        Bytes::from_static(b"data: {\"choices\": []}\r\r"),
+    ]
 }
