@@ -27,7 +27,7 @@ step() { printf '\n\033[1m[bench]\033[0m %s\n' "$*"; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
 
-TOLLGATE_SKIP_BUILD=1 bash scripts/setup.sh >/dev/null
+bash scripts/setup.sh >/dev/null
 run=.cache/bench
 mkdir -p "$run"
 pids=()
@@ -36,7 +36,7 @@ trap cleanup EXIT INT TERM
 
 bench_sidecar() {
   step "build: release sidecar and its benchmark client"
-  cargo build -q --release -p inference-sidecar --bin tollgate-sidecar --example sidecar_bench
+  cargo build -q --release --workspace --bin tollgate-sidecar --example sidecar_bench
   local port redis_port redis_sidecar_port
   port=$(free_port); redis_port=$(free_port); redis_sidecar_port=$(free_port)
   # shellcheck disable=SC2086 # word splitting of the extra flags is intended
@@ -66,7 +66,7 @@ bench_prompt_templater() {
   need_wrk
   step "build: wasm filters and the benchmark driver (release)"
   cargo wasm -q
-  cargo build -q --release -p integration-tests --bin bench-prompt-templater
+  cargo build -q --release --workspace --bin bench-prompt-templater
   step "prompt-templater: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   target/release/bench-prompt-templater --seconds "${TOLLGATE_BENCH_SECONDS:-5}" --json "$run/prompt-templater.json"
 }
@@ -75,7 +75,7 @@ bench_jwt_auth() {
   need_wrk
   step "build: wasm filters and the benchmark driver (release)"
   cargo wasm -q
-  cargo build -q --release -p integration-tests --bin bench-jwt-auth
+  cargo build -q --release --workspace --bin bench-jwt-auth
   step "jwt-auth: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   target/release/bench-jwt-auth --seconds "${TOLLGATE_BENCH_SECONDS:-5}" --json "$run/jwt-auth.json"
 }
@@ -84,7 +84,7 @@ bench_content_moderator() {
   need_wrk
   step "build: wasm filters and the benchmark driver (release)"
   cargo wasm -q
-  cargo build -q --release -p integration-tests --bin bench-content-moderator
+  cargo build -q --release --workspace --bin bench-content-moderator
   step "content-moderator: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   target/release/bench-content-moderator --seconds "${TOLLGATE_BENCH_SECONDS:-5}" --json "$run/content-moderator.json"
 }
@@ -93,7 +93,7 @@ bench_token_counter() {
   need_wrk
   step "build: wasm filters and the benchmark driver (release)"
   cargo wasm -q
-  cargo build -q --release -p integration-tests --bin bench-token-counter
+  cargo build -q --release --workspace --bin bench-token-counter
   step "token-counter: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   target/release/bench-token-counter --seconds "${TOLLGATE_BENCH_SECONDS:-5}" --json "$run/token-counter.json"
 }
@@ -105,8 +105,8 @@ bench_with_sidecar() {
   need_wrk
   step "build: wasm filters, the release sidecar and the benchmark driver"
   cargo wasm -q
-  cargo build -q --release -p inference-sidecar --bin tollgate-sidecar
-  cargo build -q --release -p integration-tests --bin "bench-$name"
+  cargo build -q --release --workspace --bin tollgate-sidecar
+  cargo build -q --release --workspace --bin "bench-$name"
   local port
   port=$(free_port)
   target/release/tollgate-sidecar --listen "127.0.0.1:$port" --metrics-addr off \
@@ -126,8 +126,8 @@ bench_chain() {
   need_wrk
   step "build: wasm filters, the release sidecar and the benchmark driver"
   cargo wasm -q
-  cargo build -q --release -p inference-sidecar --bin tollgate-sidecar
-  cargo build -q --release -p integration-tests --bin bench-chain
+  cargo build -q --release --workspace --bin tollgate-sidecar
+  cargo build -q --release --workspace --bin bench-chain
   local pin_envoy=() pin_load=()
   if [ "$(nproc)" -ge 2 ]; then
     pin_envoy=(taskset -c 0); pin_load=(taskset -c 1)

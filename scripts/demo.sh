@@ -41,9 +41,10 @@ JWKS_PORT=${TOLLGATE_JWKS_PORT:-8083}
 PROVIDER=${TOLLGATE_PROVIDER_URL:-}
 
 bash scripts/setup.sh
-cargo build -q -p integration-tests --bin mock-llm --bin demo-issuer
-echo "[demo] building the inference sidecar (release; the first build takes several minutes)"
-cargo build -q --release -p inference-sidecar --bin tollgate-sidecar
+echo "[demo] building the filters and the sidecar, mock provider and issuer (the first build takes several minutes)"
+cargo wasm -q
+# The same build as the Docker image's (scripts/docker-build.sh) and the tests' dependencies.
+cargo bins -q --locked
 
 run=.cache/demo
 mkdir -p "$run"
@@ -70,10 +71,10 @@ trap cleanup INT TERM EXIT
 
 listen=(--listen "127.0.0.1:$UPSTREAM_PORT")
 for p in "${ROUTED_PORTS[@]}"; do listen+=(--listen "127.0.0.1:$p"); done
-target/debug/mock-llm "${listen[@]}" 2>"$run/mock-llm.log" &
+target/release/mock-llm "${listen[@]}" 2>"$run/mock-llm.log" &
 pids+=($!)
 rm -f "$run/tokens.env"
-target/debug/demo-issuer --listen "127.0.0.1:$JWKS_PORT" --tokens "$run/tokens.env" 2>"$run/issuer.log" &
+target/release/demo-issuer --listen "127.0.0.1:$JWKS_PORT" --tokens "$run/tokens.env" 2>"$run/issuer.log" &
 pids+=($!)
 target/release/tollgate-sidecar --listen "127.0.0.1:$SIDECAR_PORT" \
   --metrics-addr "127.0.0.1:$SIDECAR_METRICS_PORT" --label-sets sidecar/label-sets.json \

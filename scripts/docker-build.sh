@@ -9,14 +9,14 @@ export PATH="$HOME/.cargo/bin:$PATH"
 out=${1:?usage: scripts/docker-build.sh OUT_DIR}
 
 bash scripts/fetch-model.sh
-cargo build --locked --release -q -p inference-sidecar -p integration-tests \
-  --bin tollgate-sidecar --bin mock-llm --bin demo-issuer
+# The demo's build (scripts/demo.sh): one release build whose dependencies the tests share.
+cargo bins --locked -q
 cargo wasm --locked -q
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/wasm" "$out/models"
 cp target/release/tollgate-sidecar target/release/mock-llm target/release/demo-issuer "$out/bin/"
 for f in jwt_auth prompt_templater content_moderator semantic_router response_cache token_counter; do
-  cp "target/wasm32-wasip1/release/$f.wasm" "$out/wasm/"
+  cp "target/wasm32-wasip1/wasm/$f.wasm" "$out/wasm/"
 done
 cp -r models/all-MiniLM-L6-v2 "$out/models/"
 echo "docker-build: $(ls "$out/bin" | wc -l) binaries, $(ls "$out/wasm" | wc -l) filters, model in $out"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes envoy/istio/wasmplugins.yaml: one Istio WasmPlugin per filter, in the chain's order (phase
 # and priority), with the failStrategy each needs and, as pluginConfig, the same configuration as
-# its snippet in envoy/filters/ (so the two never drift: integration/tests/oci_package.rs checks
+# its snippet in envoy/filters/ (so the two never drift: integration/tests/envoy/oci_package.rs checks
 # that the committed file is what this script writes). Also the EnvoyFilter that sets
 # allow_on_headers_stop_iteration on the filters that read the body before routing.
 #

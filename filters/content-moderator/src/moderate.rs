@@ -134,8 +134,6 @@ pub fn apply_masks(text: &str, findings: &[Finding]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use crate::config::{RawRules, compile_rules};

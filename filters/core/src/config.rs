@@ -108,8 +108,6 @@ impl SidecarConfig {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use serde::Deserialize;

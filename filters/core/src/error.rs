@@ -163,8 +163,6 @@ pub fn redact_quoted(msg: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use serde_json::{Value, json};

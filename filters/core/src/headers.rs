@@ -63,8 +63,6 @@ pub fn is_valid_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
 

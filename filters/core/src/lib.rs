@@ -1,6 +1,6 @@
 //! Pure logic shared by the Tollgate filters. Nothing here imports `proxy_wasm`, so every module is
-//! unit-tested natively and, compiled to `wasm32-unknown-unknown`, again under Node with
-//! wasm-bindgen-test: what runs inside Envoy is what was tested.
+//! unit-tested natively and, compiled to `wasm32-wasip1`, again in V8 under Node's WASI
+//! (`cargo wasm-test`): what runs inside Envoy is what was tested.
 
 pub mod api;
 pub mod config;

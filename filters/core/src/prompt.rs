@@ -270,8 +270,6 @@ fn strings<'a>(v: &'a Value, role: Role, f: &mut impl FnMut(Segment<'a>)) {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use crate::api::Provider;

@@ -178,8 +178,6 @@ fn has_usage_object(data: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use crate::sse::SseParser;

@@ -3,9 +3,6 @@
 //! integration tests, so the verifier is never checked against itself.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
-#[cfg(target_arch = "wasm32")]
-use wasm_bindgen_test::wasm_bindgen_test as test;
-
 use crate::auth::{self, Decision, Found, KeySet};
 use crate::cache::TokenCache;
 use crate::claims::{self, TimePolicy, Window};

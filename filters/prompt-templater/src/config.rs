@@ -363,8 +363,6 @@ fn compile_variable(path: &str, name: String, v: RawVariable) -> Result<Variable
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use filter_core::config::parse;

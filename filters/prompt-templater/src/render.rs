@@ -303,8 +303,6 @@ fn wrap_system(body: &mut Map<String, Value>, before: &[String], after: &[String
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use crate::config::{RawConfig, compile};

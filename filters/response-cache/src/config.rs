@@ -233,8 +233,6 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use filter_core::config::parse;

@@ -245,8 +245,6 @@ pub fn nearest(cfg: &Config, index: &Index, q: &[f32], scratch: &mut Scratch) ->
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use crate::config::{RawConfig, compile};

@@ -445,8 +445,6 @@ fn compile_budgets(b: RawBudgets, groups: &[String]) -> Result<Budgets, ConfigEr
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
     use filter_core::config::parse;

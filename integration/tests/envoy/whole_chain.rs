@@ -6,9 +6,7 @@
 //! may hang.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::start_sidecar_at;
+use crate::common::start_sidecar_at;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tollgate_it::client::{self, Client, Response};

@@ -1,9 +1,7 @@
 //! The model against sentence-transformers' own output, and the properties callers rely on.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::{cosine, model_dir};
+use crate::common::{cosine, model_dir};
 use sidecar::model::Embedder;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};

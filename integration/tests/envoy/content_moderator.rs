@@ -6,8 +6,7 @@
 //! configs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-use common::start_sidecar;
+use crate::common::start_sidecar;
 
 use serde_json::{Value, json};
 use tollgate_it::client::{Client, Response, reply_text};

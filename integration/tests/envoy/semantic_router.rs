@@ -5,8 +5,7 @@
 //! failover between clusters, and the sidecar down, late or killed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-use common::{sidecar_metric, start_sidecar, start_sidecar_at};
+use crate::common::{sidecar_metric, start_sidecar, start_sidecar_at};
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

@@ -42,6 +42,9 @@ fn blob(layout: &Path, desc: &Value) -> Vec<u8> {
 #[test]
 fn images_follow_the_oci_layout_and_the_wasm_artifact_format() {
     let root = tollgate_it::repo_root();
+    for (_, _, wasm) in FILTERS {
+        tollgate_it::envoy::check_fresh(&tollgate_it::envoy::wasm_path(wasm)).unwrap();
+    }
     let out = std::env::temp_dir().join(format!("tollgate-oci-{}", std::process::id()));
     let status = Command::new("bash")
         .arg(root.join("scripts/package-oci.sh"))

@@ -5,8 +5,7 @@
 //! what is never cached, the sidecar down, and two Envoy + sidecar pairs sharing one Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-use common::{sidecar_args, sidecar_metric, start_sidecar};
+use crate::common::{sidecar_args, sidecar_metric, start_sidecar};
 
 use serde_json::{Value, json};
 use sidecar::background::{Background, RedisServer};

@@ -107,5 +107,5 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (na * nb)
 }
 
-#[allow(unused_imports)] // used by tests/redis.rs only
+#[allow(unused_imports)] // used by redis.rs only
 pub use sidecar::background::RedisServer as Redis;

@@ -3,8 +3,7 @@
 //! `sidecar-probe` test fixture, which answers with what `filter_host::sidecar` decoded.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-use common::start_sidecar;
+use crate::common::start_sidecar;
 
 use serde_json::{Value, json};
 use std::time::Duration;

@@ -1,9 +1,7 @@
 //! The gRPC API in-process on a free port: the real model, the in-memory state, a tonic client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::{cosine, shared, spawn};
+use crate::common::{cosine, shared, spawn};
 use inference_proto::v1::{
     CacheLookupRequest, CacheStoreRequest, ClassifyRequest, EmbedRequest, ReserveRequest, SettleRequest,
     cache_lookup_response::Outcome as CacheOutcome, settle_response::Outcome as SettleOutcome,

@@ -2,9 +2,7 @@
 //! real redis-server on a free loopback port.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::{Redis, Running, spawn};
+use crate::common::{Redis, Running, spawn};
 use inference_proto::v1::budget_client::BudgetClient;
 use inference_proto::v1::{
     CacheLookupRequest, CacheStoreRequest, ReserveRequest, SettleRequest,
@@ -255,7 +253,7 @@ fn unreachable_redis_fails_start_up_with_the_url() {
     let cfg = sidecar::config::Config::parse(
         &[
             "--model-dir".into(),
-            common::model_dir().display().to_string(),
+            crate::common::model_dir().display().to_string(),
             "--redis-url".into(),
             "redis://127.0.0.1:1/".into(),
         ],
