@@ -2,7 +2,6 @@
 //! (candle + tokenizers), and the gateway state that must outlive one Envoy (response cache, token
 //! budgets), over gRPC (`tollgate.inference.v1`), with health, reflection and Prometheus metrics.
 
-pub mod background;
 pub mod bert;
 pub mod classify;
 pub mod config;

@@ -8,17 +8,16 @@ use crate::config::{self, Action as Verdict, Config};
 use crate::stream::Stream;
 use filter_core::{ApiError, ErrorKind, Provider, headers};
 use filter_host::body::{self as host_body, Body};
-use filter_host::metrics::{Family, Metric};
+use filter_host::metrics::{Family, Metric, Record as _};
 use filter_host::proxy_wasm::{self, traits::*, types::*};
 use filter_host::reply::send_error;
 use filter_host::sidecar::{self, Sidecar, v1};
-use filter_host::{log, state};
+use filter_host::{http, log, state};
 use std::cell::RefCell;
 use std::rc::Rc;
 
 proxy_wasm::main! {{
     filter_host::init("content-moderator");
-    proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| Box::new(Root { shared: None }));
 }}
 
@@ -185,9 +184,7 @@ impl Http {
         let outcome = match outcome {
             Ok(o) => o,
             Err(BodyError::Invalid(why)) => {
-                if let Some(m) = shared.metrics.borrow_mut().invalid.get(side.name()) {
-                    m.inc();
-                }
+                shared.metrics.borrow_mut().invalid.get(side.name()).inc();
                 log!(Info, Some(self.id), "{} body not moderated: {why}", side.name());
                 return Some(match side {
                     Side::Request => self.reply(&ApiError::invalid_request(
@@ -304,9 +301,7 @@ impl Http {
     /// The sidecar did not answer: `failure_mode` decides. `resume`: the request is paused.
     fn classify_failed(&mut self, why: &str, resume: bool) -> Option<Action> {
         let shared = self.shared.clone();
-        if let Some(m) = shared.metrics.borrow().classify_errors {
-            m.inc();
-        }
+        shared.metrics.borrow().classify_errors.inc();
         log!(Warn, Some(self.id), "classification unavailable: {why}");
         let open = shared
             .config
@@ -317,7 +312,7 @@ impl Http {
             self.verdict.push("request:classify:unavailable".to_owned());
             self.publish();
             if resume {
-                let _ = proxy_wasm::hostcalls::resume_http_request();
+                let _ = http::resume_request(self.id);
             }
             return None;
         }
@@ -341,7 +336,7 @@ impl Http {
     /// Rewrites one chunk of a streamed response in place.
     fn on_stream_chunk(&mut self, body_size: usize, end_of_stream: bool) {
         let shared = self.shared.clone();
-        let chunk = self.get_http_response_body(0, body_size).unwrap_or_default();
+        let chunk = http::response_body(self.id, 0, body_size).unwrap_or_default();
         let Some(stream) = self.stream.as_mut() else {
             return;
         };
@@ -406,7 +401,7 @@ impl Context for Http {
                 let _ = self.block(Side::Request, &label);
             }
             None => {
-                let _ = proxy_wasm::hostcalls::resume_http_request();
+                let _ = http::resume_request(self.id);
             }
         }
     }
@@ -414,7 +409,7 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
-        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let path = http::request_header(self.id, ":path").unwrap_or_default();
         self.provider = Provider::from_path(&path);
         if self.provider.is_none() {
             let unknown_with_body =
@@ -429,7 +424,7 @@ impl HttpContext for Http {
         }
         if !self.shared.config.response.categories.is_empty() {
             // Compressed responses cannot be read: ask the provider for identity encoding.
-            self.set_http_request_header("accept-encoding", None);
+            let _ = http::set_request_header(self.id, "accept-encoding", None);
         }
         if end_of_stream {
             return Action::Continue;
@@ -439,7 +434,7 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         // A masked body has another length.
-        self.set_http_request_header("content-length", None);
+        let _ = http::set_request_header(self.id, "content-length", None);
         // Wait for the body (needs allow_on_headers_stop_iteration: true in the Envoy config).
         Action::Pause
     }
@@ -492,16 +487,14 @@ impl HttpContext for Http {
         {
             return Action::Continue;
         }
-        let status = self.get_http_response_header(":status").unwrap_or_default();
+        let status = http::response_header(self.id, ":status").unwrap_or_default();
         if status != "200" {
             return Action::Continue;
         }
-        let content_type = self
-            .get_http_response_header("content-type")
+        let content_type = http::response_header(self.id, "content-type")
             .unwrap_or_default()
             .to_ascii_lowercase();
-        let encoded = self
-            .get_http_response_header("content-encoding")
+        let encoded = http::response_header(self.id, "content-encoding")
             .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
         if encoded {
             // The filter asked for identity; a compressed answer cannot be checked, so it is not passed.
@@ -517,12 +510,12 @@ impl HttpContext for Http {
                 return Action::Continue;
             };
             self.stream = Some(Stream::new(provider, self.shared.config.stream_holdback_bytes));
-            self.set_http_response_header("content-length", None);
+            let _ = http::set_response_header(self.id, "content-length", None);
             return Action::Continue;
         }
         // Anything else on an LLM API path must be the API's JSON, or it is refused when read.
         self.moderate_response = true;
-        self.set_http_response_header("content-length", None);
+        let _ = http::set_response_header(self.id, "content-length", None);
         Action::Pause
     }
 

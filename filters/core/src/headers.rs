@@ -41,8 +41,6 @@ pub mod state {
     pub const AUTH_PROVIDER: &str = "tollgate.auth.provider";
     /// Prefix of the claims jwt-auth puts in filter state (`tollgate.jwt.sub`).
     pub const JWT_CLAIM_PREFIX: &str = "tollgate.jwt.";
-    /// Set by Envoy's AI Protocol Manager when it runs before us; read the model from it when present.
-    pub const ENVOY_AI_MODEL: &str = "envoy.ai.model.request";
 }
 
 /// True when `name` is one of the suite's own headers (case-insensitive, as HTTP header names are).

@@ -1,7 +1,7 @@
 //! Bounded body buffering: a filter that needs the whole body asks Envoy to buffer it, up to a limit.
 
+use crate::abi;
 use filter_core::ApiError;
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType};
 
 /// What to do with a body callback.
@@ -23,7 +23,7 @@ pub fn collect(buffer: BufferType, body_size: usize, end_of_stream: bool, limit:
     if !end_of_stream {
         return Body::Wait(Action::Pause);
     }
-    match hostcalls::get_buffer(buffer, 0, body_size) {
+    match abi::get_buffer(buffer, 0, body_size) {
         Ok(b) => Body::Complete(b.unwrap_or_default()),
         Err(_) => Body::Complete(Vec::new()),
     }
@@ -32,5 +32,5 @@ pub fn collect(buffer: BufferType, body_size: usize, end_of_stream: bool, limit:
 /// Replaces the whole buffered body. The caller must have removed `content-length` in the headers
 /// callback (Envoy would otherwise send the old length with the new body).
 pub fn replace(buffer: BufferType, old_len: usize, new_body: &[u8]) -> Result<(), proxy_wasm::types::Status> {
-    hostcalls::set_buffer(buffer, 0, old_len, new_body)
+    abi::set_buffer(buffer, 0, old_len, new_body)
 }

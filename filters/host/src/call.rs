@@ -1,5 +1,12 @@
 //! Calls out of the filter through Envoy clusters, as `Result`s: an unknown cluster or a bad
 //! argument is a run-time condition to handle (fail open or closed), never a panic.
+//!
+//! These two go through the SDK's hostcalls, the one exception to `abi`: the SDK's dispatcher must
+//! register the call's token to route the answer back to the stream, and only its own
+//! `dispatch_*` functions do that. They panic only on statuses Envoy does not return for a call
+//! (Envoy's `httpCall` answers Ok, BadArgument or InternalFailure; `grpcCall` Ok, ParseFailure or
+//! InternalFailure, and the SDK maps those to `Err`).
+#![allow(clippy::disallowed_methods)]
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;

@@ -1,8 +1,8 @@
 //! Loading the plugin configuration in `on_configure`.
 
+use crate::abi;
 use crate::log;
 use filter_core::config::{self, ConfigError};
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel};
 use serde::de::DeserializeOwned;
 
@@ -13,7 +13,7 @@ pub fn load<T, C>(compile: impl FnOnce(T) -> Result<C, ConfigError>) -> Option<C
 where
     T: DeserializeOwned,
 {
-    let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+    let bytes = match abi::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
         Ok(b) => b.unwrap_or_default(),
         Err(status) => {
             log::write(

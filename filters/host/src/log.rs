@@ -1,7 +1,7 @@
 //! Log lines as `[tollgate.<filter>] #<context id> message`, so one request's lines can be followed
 //! in Envoy's log. Never pass tokens, keys or prompt text at info level or above.
 
-use proxy_wasm::hostcalls;
+use crate::abi;
 use proxy_wasm::types::LogLevel;
 use std::cell::Cell;
 use std::fmt::Arguments;
@@ -22,19 +22,19 @@ pub fn filter_name() -> &'static str {
 /// Logs through the host. A failing log call has nowhere to report to, so its status is dropped.
 /// A line below Envoy's current level is not even formatted (debug lines cost nothing at info).
 pub fn write(level: LogLevel, context_id: Option<u32>, args: Arguments<'_>) {
-    if hostcalls::get_log_level().is_ok_and(|current| (level as u32) < (current as u32)) {
+    if abi::log_level().is_ok_and(|current| (level as u32) < current) {
         return;
     }
     let msg = match context_id {
         Some(id) => format!("[tollgate.{}] #{id} {args}", filter_name()),
         None => format!("[tollgate.{}] {args}", filter_name()),
     };
-    let _ = hostcalls::log(level, &msg);
+    let _ = abi::log(level, &msg);
 }
 
 pub(crate) fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let _ = hostcalls::log(
+        let _ = abi::log(
             LogLevel::Critical,
             &format!("[tollgate.{}] panic: {info}", filter_name()),
         );

@@ -3,7 +3,7 @@
 //! encoded into the name as `.<tag>.<value>` segments, which the Envoy configs turn back into tags
 //! with `stats_config.stats_tags`.
 
-use proxy_wasm::hostcalls;
+use crate::abi;
 use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
 
@@ -27,7 +27,7 @@ impl Metric {
     }
 
     pub fn add(self, delta: i64) {
-        let _ = hostcalls::increment_metric(self.id, delta);
+        let _ = abi::increment_metric(self.id, delta);
     }
 
     pub fn inc(self) {
@@ -36,12 +36,38 @@ impl Metric {
 
     /// Histogram sample or gauge value.
     pub fn record(self, value: u64) {
-        let _ = hostcalls::record_metric(self.id, value);
+        let _ = abi::record_metric(self.id, value);
+    }
+}
+
+/// A metric the host may have refused to define (`None`): recording into it is then a no-op, so a
+/// filter writes `m.requests.inc()` without checking.
+pub trait Record {
+    fn add(self, delta: i64);
+    fn inc(self);
+    fn record(self, value: u64);
+}
+
+impl Record for Option<Metric> {
+    fn add(self, delta: i64) {
+        if let Some(m) = self {
+            m.add(delta);
+        }
+    }
+
+    fn inc(self) {
+        self.add(1);
+    }
+
+    fn record(self, value: u64) {
+        if let Some(m) = self {
+            m.record(value);
+        }
     }
 }
 
 fn define(kind: MetricType, name: &str) -> Option<Metric> {
-    hostcalls::define_metric(kind, name).ok().map(|id| Metric { id })
+    abi::define_metric(kind, name).ok().map(|id| Metric { id })
 }
 
 /// Metrics with one bounded dimension (model, route, template…), defined on first use and cached.

@@ -1,8 +1,8 @@
 //! Local replies in the OpenAI error shape.
 
+use crate::abi;
 use crate::log;
 use filter_core::ApiError;
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::LogLevel;
 
 /// Sends `err` as the response (status, JSON body, `content-type`), plus `extra_headers`
@@ -18,7 +18,7 @@ pub fn send_error(context_id: u32, err: &ApiError, extra_headers: &[(&str, &str)
     let mut headers: Vec<(&str, &str)> = Vec::with_capacity(extra_headers.len() + 1);
     headers.push(("content-type", "application/json"));
     headers.extend_from_slice(extra_headers);
-    if let Err(status) = hostcalls::send_http_response(err.status(), headers, Some(&body)) {
+    if let Err(status) = abi::send_local_response(err.status(), &headers, &body) {
         log::write(
             LogLevel::Error,
             Some(context_id),
@@ -29,9 +29,7 @@ pub fn send_error(context_id: u32, err: &ApiError, extra_headers: &[(&str, &str)
 
 /// Sends a local `status` reply with a JSON `body` (already serialised).
 pub fn send_json(context_id: u32, status: u32, body: &[u8]) {
-    if let Err(s) =
-        hostcalls::send_http_response(status, vec![("content-type", "application/json")], Some(body))
-    {
+    if let Err(s) = abi::send_local_response(status, &[("content-type", "application/json")], body) {
         log::write(
             LogLevel::Error,
             Some(context_id),

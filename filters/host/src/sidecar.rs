@@ -2,12 +2,12 @@
 //! of its replies in `on_grpc_call_response`. Every failure is a [`SidecarError`] the filter maps
 //! to its policy (fail open or closed); nothing here panics on a bad reply.
 
+use crate::abi;
 use crate::call::{self, CallError};
 use filter_core::config::SidecarConfig;
 use inference_proto::service;
 use inference_proto::v1 as pb;
 use prost::Message;
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::BufferType;
 
 pub use inference_proto::v1;
@@ -100,14 +100,11 @@ impl Sidecar {
 /// Decodes the reply of a call in `on_grpc_call_response(_, status_code, response_size)`.
 pub fn reply<M: Message + Default>(status_code: u32, response_size: usize) -> Result<M, SidecarError> {
     if status_code != code::OK {
-        let raw = hostcalls::get_grpc_status()
-            .ok()
-            .and_then(|(_, m)| m)
-            .unwrap_or_default();
+        let raw = abi::call_status().ok().and_then(|(_, m)| m).unwrap_or_default();
         let (code, message) = normalise_status(status_code, &raw);
         return Err(SidecarError::Status { code, message });
     }
-    let body = hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
+    let body = abi::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
         .map_err(|s| SidecarError::Decode(format!("reading the reply: {s:?}")))?
         .unwrap_or_default();
     M::decode(body.as_slice()).map_err(|e| SidecarError::Decode(e.to_string()))

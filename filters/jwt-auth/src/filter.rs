@@ -9,18 +9,17 @@ use crate::config::{self, Config, KeySource, Unmatched};
 use crate::jwks::Jwks;
 use crate::native;
 use crate::reason::Reason;
-use filter_host::metrics::{Family, Metric};
-use filter_host::proxy_wasm::{self, hostcalls, traits::*, types::*};
+use filter_host::metrics::{Family, Metric, Record as _};
+use filter_host::proxy_wasm::{self, traits::*, types::*};
 use filter_host::reply::send_error;
-use filter_host::{call, log, state};
+use filter_host::{HostError, abi, call, http, log, root, state};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 proxy_wasm::main! {{
     filter_host::init("jwt-auth");
-    proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|id| Box::new(Root { id, shared: None, calls: HashMap::new() }));
 }}
 
@@ -62,10 +61,7 @@ struct Shared {
 /// Seconds since the epoch. A clock the host cannot give reads as the end of time, so every token
 /// with an `exp` is expired (fail closed).
 fn now_s() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(u64::MAX, |d| d.as_secs())
+    abi::current_time_ns().map_or(u64::MAX, |ns| ns / 1_000_000_000)
 }
 
 struct Root {
@@ -108,7 +104,7 @@ fn read_jwks(shared: &Shared, p: usize, body_size: usize) -> Option<(Jwks, u64)>
     let KeySource::Remote(r) = &provider.keys else {
         return None;
     };
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+    let status = abi::get_map_value(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten();
     if status.as_deref() != Some("200") {
@@ -134,7 +130,7 @@ fn read_jwks(shared: &Shared, p: usize, body_size: usize) -> Option<(Jwks, u64)>
         );
         return None;
     }
-    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+    let body = abi::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
         .ok()
         .flatten()
         .unwrap_or_default();
@@ -174,11 +170,11 @@ fn wake(shared: &Rc<Shared>, p: usize) {
         .unwrap_or_default();
     for w in waiting {
         // A request whose client went away is gone; nothing to finish.
-        if hostcalls::set_effective_context(w.id).is_ok() {
+        if abi::set_effective_context(w.id).is_ok() {
             finish(w.id, shared, w.rule, w.found, true);
         }
     }
-    let _ = hostcalls::set_effective_context(shared.root_id);
+    let _ = abi::set_effective_context(shared.root_id);
 }
 
 impl RootContext for Root {
@@ -209,7 +205,7 @@ impl RootContext for Root {
             config,
         }));
         // Fetched keys load at once, before traffic if the cluster is up.
-        self.set_tick_period(if remote { TICK_NOW } else { TICK });
+        let _ = root::set_tick_period(if remote { TICK_NOW } else { TICK });
         true
     }
 
@@ -236,7 +232,7 @@ impl RootContext for Root {
         }
         // A waiter re-queued while starting a fetch still wants one at once.
         let wanted = shared.keys.borrow().iter().any(|k| k.wanted);
-        self.set_tick_period(if wanted { TICK_NOW } else { TICK });
+        let _ = root::set_tick_period(if wanted { TICK_NOW } else { TICK });
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -308,7 +304,9 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
         let shared = self.shared.clone();
         let cfg = &shared.config;
-        let headers = self.get_http_request_headers();
+        let Ok(headers) = http::request_headers(self.id) else {
+            return deny(self.id, &shared, Reason::HeaderEdit);
+        };
         // Only this filter says who the caller is: every client-sent copy goes first, also when
         // spelt with `_` (frameworks that read `x_tollgate_subject` as `x-tollgate-subject`).
         for (name, _) in &headers {
@@ -318,8 +316,8 @@ impl HttpContext for Http {
                         .zip(name.bytes())
                         .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
             };
-            if cfg.strip.iter().any(spelt) {
-                self.set_http_request_header(name, None);
+            if cfg.strip.iter().any(spelt) && http::set_request_header(self.id, name, None).is_err() {
+                return deny(self.id, &shared, Reason::HeaderEdit);
             }
         }
         let path = headers
@@ -363,9 +361,12 @@ fn finish(id: u32, shared: &Rc<Shared>, rule: usize, found: Vec<Found>, resumed:
     };
     match decision {
         Decision::Allow { identity } => {
-            allow(shared, &r.requires, identity.as_deref());
-            if resumed && let Err(s) = hostcalls::resume_http_request() {
-                log!(Warn, Some(id), "cannot resume the request: {s:?}");
+            if allow(id, shared, &r.requires, identity.as_deref()).is_err() {
+                return deny(id, shared, Reason::HeaderEdit);
+            }
+            // A failure is logged; the stream then ends by Envoy's timeouts, never unauthenticated.
+            if resumed {
+                let _ = http::resume_request(id);
             }
             Action::Continue
         }
@@ -385,9 +386,7 @@ fn finish(id: u32, shared: &Rc<Shared>, rule: usize, found: Vec<Found>, resumed:
             let wanted = shared.keys.borrow().get(p).is_some_and(|k| k.wanted);
             if wanted {
                 // The fetch starts from the root (a request's own call dies with the request).
-                let _ = hostcalls::set_effective_context(shared.root_id);
-                let _ = hostcalls::set_tick_period(TICK_NOW);
-                let _ = hostcalls::set_effective_context(id);
+                root::wake(shared.root_id, id, TICK_NOW);
             }
             Action::Pause
         }
@@ -400,7 +399,7 @@ fn native_verify(shared: &Shared, hash: &str, spki: &[u8], sig: &[u8], text: &[u
         return None;
     }
     let args = native::arguments(hash, spki, sig, text);
-    match hostcalls::call_foreign_function(native::FUNCTION, Some(&args)) {
+    match abi::call_foreign_function(native::FUNCTION, &args) {
         Ok(Some(reply)) => native::result(&reply),
         Ok(None) => None,
         Err(Status::NotFound) => {
@@ -419,12 +418,10 @@ fn native_verify(shared: &Shared, hash: &str, spki: &[u8], sig: &[u8], text: &[u
 }
 
 fn deny(id: u32, shared: &Shared, reason: Reason) -> Action {
-    if let Some(m) = shared.metrics.borrow_mut().denied.get(reason.name()) {
-        m.inc();
-    }
+    shared.metrics.borrow_mut().denied.get(reason.name()).inc();
     let challenge = shared.config.challenge(reason.bearer_error());
     let err = reason.to_api();
-    if err.status() == 503 {
+    if err.status() >= 500 {
         send_error(id, &err, &[]);
     } else {
         send_error(id, &err, &[("www-authenticate", challenge)]);
@@ -435,20 +432,24 @@ fn deny(id: u32, shared: &Shared, reason: Reason) -> Action {
 /// Sets the identity headers and filter state from the verified claims, and removes the tokens
 /// (of every provider the rule names that does not forward them; on an anonymous pass too, so an
 /// unverified token never reaches the upstream).
-fn allow(shared: &Shared, rule_providers: &[usize], identity: Option<&Verified>) {
+/// `Err` when Envoy refused a header edit: the caller denies the request.
+fn allow(
+    id: u32,
+    shared: &Shared,
+    rule_providers: &[usize],
+    identity: Option<&Verified>,
+) -> Result<(), HostError> {
     let cfg = &shared.config;
     let name = identity
         .and_then(|v| cfg.providers.get(v.provider))
         .map_or("none", |p| p.name.as_str());
-    if let Some(m) = shared.metrics.borrow_mut().allowed.get(name) {
-        m.inc();
-    }
+    shared.metrics.borrow_mut().allowed.get(name).inc();
     if let Some(v) = identity
         && let Some(provider) = cfg.providers.get(v.provider)
     {
         for (claim, header) in &provider.claim_to_headers {
             if let Some(value) = claims::lookup(&v.claims, claim).and_then(claims::header_value) {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, header, Some(&value));
+                http::set_request_header(id, header, Some(&value))?;
             }
         }
         for (claim, key) in &provider.claims_to_state {
@@ -463,23 +464,21 @@ fn allow(shared: &Shared, rule_providers: &[usize], identity: Option<&Verified>)
             continue;
         }
         for (name, prefix) in &provider.from_headers {
-            let carries = hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-                .ok()
-                .flatten()
-                .is_some_and(|v| {
-                    v.len() > prefix.len()
-                        && v.get(..prefix.len())
-                            .is_some_and(|h| h.eq_ignore_ascii_case(prefix))
-                });
+            let carries = http::request_header(id, name).is_some_and(|v| {
+                v.len() > prefix.len()
+                    && v.get(..prefix.len())
+                        .is_some_and(|h| h.eq_ignore_ascii_case(prefix))
+            });
             if carries {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+                http::set_request_header(id, name, None)?;
             }
         }
         if !provider.from_params.is_empty()
-            && let Ok(Some(path)) = hostcalls::get_map_value(MapType::HttpRequestHeaders, ":path")
+            && let Some(path) = http::request_header(id, ":path")
             && let Some(stripped) = auth::without_params(&path, &provider.from_params)
         {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(&stripped));
+            http::set_request_header(id, ":path", Some(&stripped))?;
         }
     }
+    Ok(())
 }

@@ -47,6 +47,9 @@ pub enum Reason {
     NoRule,
     /// 503: the provider's keys could not be fetched and none are cached.
     JwksUnavailable,
+    /// 500: Envoy refused to strip a client-sent identity header or to set a verified one, so the
+    /// request cannot carry a trustworthy identity (fail closed).
+    HeaderEdit,
 }
 
 impl Reason {
@@ -78,11 +81,12 @@ impl Reason {
             Self::InsufficientScope => "insufficient_scope",
             Self::NoRule => "no_rule",
             Self::JwksUnavailable => "jwks_unavailable",
+            Self::HeaderEdit => "identity_headers_failed",
         }
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 26] = [
         Self::Missing,
         Self::TooLarge,
         Self::TooManyTokens,
@@ -108,6 +112,7 @@ impl Reason {
         Self::InsufficientScope,
         Self::NoRule,
         Self::JwksUnavailable,
+        Self::HeaderEdit,
     ];
 
     pub fn message(self) -> String {
@@ -141,6 +146,9 @@ impl Reason {
             Self::InsufficientScope => "the token lacks a required scope".to_owned(),
             Self::NoRule => "no authentication rule covers this path".to_owned(),
             Self::JwksUnavailable => "the keys to verify the token are unavailable".to_owned(),
+            Self::HeaderEdit => {
+                "the gateway could not set the request's identity headers; it was not sent".to_owned()
+            }
         }
     }
 
@@ -148,6 +156,7 @@ impl Reason {
         match self {
             Self::AudienceNotAllowed | Self::InsufficientScope | Self::NoRule => ErrorKind::PermissionDenied,
             Self::JwksUnavailable => ErrorKind::Unavailable,
+            Self::HeaderEdit => ErrorKind::Internal,
             _ => ErrorKind::Authentication,
         }
     }
@@ -159,7 +168,7 @@ impl Reason {
     /// The RFC 6750 `error` attribute of `WWW-Authenticate`, if this reason gets one.
     pub const fn bearer_error(self) -> Option<&'static str> {
         match self {
-            Self::Missing | Self::NoRule | Self::JwksUnavailable => None,
+            Self::Missing | Self::NoRule | Self::JwksUnavailable | Self::HeaderEdit => None,
             Self::InsufficientScope => Some("insufficient_scope"),
             _ => Some("invalid_token"),
         }
@@ -188,6 +197,8 @@ mod tests {
             Some("insufficient_scope")
         );
         assert_eq!(Reason::JwksUnavailable.to_api().status(), 503);
+        assert_eq!(Reason::HeaderEdit.to_api().status(), 500);
+        assert_eq!(Reason::HeaderEdit.bearer_error(), None);
         assert!(Reason::ClaimType("exp").message().contains("`exp`"));
     }
 }

@@ -8,10 +8,10 @@ use filter_core::error::redact_quoted;
 use filter_core::hash::Fnv;
 use filter_core::{ApiError, Provider, headers};
 use filter_host::body::{self, Body};
-use filter_host::metrics::Family;
+use filter_host::metrics::{Family, Record as _};
 use filter_host::proxy_wasm::{self, traits::*, types::*};
 use filter_host::reply::send_error;
-use filter_host::{log, state};
+use filter_host::{http, log, state};
 use serde_json::{Map, Value};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,7 +19,6 @@ use std::rc::Rc;
 
 proxy_wasm::main! {{
     filter_host::init("prompt-templater");
-    proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| Box::new(Root { shared: None }));
 }}
 
@@ -53,9 +52,7 @@ impl Metrics {
         let key = template
             .filter(|t| self.errors.contains_key(*t))
             .unwrap_or("none");
-        if let Some(m) = self.errors.get_mut(key).and_then(|f| f.get(reason)) {
-            m.inc();
-        }
+        self.errors.get_mut(key).and_then(|f| f.get(reason)).inc();
     }
 }
 
@@ -219,10 +216,10 @@ impl Http {
                 "the gateway could not rewrite the request",
             ));
         }
-        self.set_http_request_header("content-length", None);
+        let _ = http::set_request_header(self.id, "content-length", None);
         if let Some(r) = &rendered {
             let chosen = format!("{}@{}", r.template.id, r.version_name());
-            self.set_http_request_header(headers::TEMPLATE, Some(&chosen));
+            let _ = http::set_request_header(self.id, headers::TEMPLATE, Some(&chosen));
             state::set(headers::state::TEMPLATE, &chosen);
             if let Some(m) = shared
                 .metrics
@@ -248,14 +245,14 @@ impl Context for Http {}
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
         // Only this filter says which template version a request got.
-        self.set_http_request_header(headers::TEMPLATE, None);
-        if self.get_http_request_header(":method").as_deref() != Some("POST") {
+        let _ = http::set_request_header(self.id, headers::TEMPLATE, None);
+        if http::request_header(self.id, ":method").as_deref() != Some("POST") {
             return Action::Continue;
         }
         if end_of_stream {
             // Without a body there is nothing to render into.
             let select_header = self.shared.config.select_header.clone();
-            if self.get_http_request_header(&select_header).is_some() {
+            if http::request_header(self.id, &select_header).is_some() {
                 return self.reply(&ApiError::invalid_request(
                     "invalid_request_body",
                     "a templated request needs a JSON body",
@@ -263,24 +260,21 @@ impl HttpContext for Http {
             }
             return Action::Continue;
         }
-        self.path = self.get_http_request_header(":path").unwrap_or_default();
+        self.path = http::request_header(self.id, ":path").unwrap_or_default();
         self.provider = Provider::from_path(&self.path);
         if self.provider.is_none() {
             return Action::Continue;
         }
         let cfg = &self.shared.config;
         let (select_header, identity_header) = (cfg.select_header.clone(), cfg.identity_header.clone());
-        self.select = self
-            .get_http_request_header(&select_header)
-            .filter(|v| !v.trim().is_empty());
+        self.select = http::request_header(self.id, &select_header).filter(|v| !v.trim().is_empty());
         if self.select.is_some() {
             // Read; the provider has no use for it.
-            self.set_http_request_header(&select_header, None);
+            let _ = http::set_request_header(self.id, &select_header, None);
         }
-        self.sticky_key = self
-            .get_http_request_header(&identity_header)
+        self.sticky_key = http::request_header(self.id, &identity_header)
             .filter(|v| !v.is_empty())
-            .or_else(|| self.get_http_request_header("x-request-id"));
+            .or_else(|| http::request_header(self.id, "x-request-id"));
         // Wait for the body (needs allow_on_headers_stop_iteration: true in the Envoy config).
         Action::Pause
     }
@@ -320,7 +314,7 @@ impl HttpContext for Http {
     fn on_http_response_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
         if let Some(chosen) = &self.chosen {
             let chosen = chosen.clone();
-            self.set_http_response_header(headers::TEMPLATE, Some(&chosen));
+            let _ = http::set_response_header(self.id, headers::TEMPLATE, Some(&chosen));
         }
         Action::Continue
     }

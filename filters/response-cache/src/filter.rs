@@ -9,18 +9,17 @@ use crate::entry::{self, Entry, Recorder};
 use crate::key::{self, Bypass, Context as KeyContext, Keyed};
 use filter_core::{Provider, headers};
 use filter_host::body::{self as host_body, Body};
-use filter_host::metrics::{Family, Metric};
-use filter_host::proxy_wasm::{self, hostcalls, traits::*, types::*};
+use filter_host::metrics::{Family, Metric, Record as _};
+use filter_host::proxy_wasm::{self, traits::*, types::*};
 use filter_host::shared as shared_data;
 use filter_host::sidecar::{self, Sidecar, v1};
-use filter_host::{log, state};
+use filter_host::{http, log, root, state};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     filter_host::init("response-cache");
-    proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|id| Box::new(Root { id, shared: None }));
 }}
 
@@ -73,12 +72,6 @@ impl Metrics {
     }
 }
 
-fn inc(m: Option<Metric>) {
-    if let Some(m) = m {
-        m.inc();
-    }
-}
-
 struct Shared {
     config: Config,
     sidecar: Option<Sidecar>,
@@ -93,14 +86,12 @@ impl Shared {
         let mut q = self.stores.borrow_mut();
         if q.len() >= MAX_QUEUED_STORES {
             drop(q);
-            inc(self.metrics.borrow().sidecar_errors);
+            self.metrics.borrow().sidecar_errors.inc();
             return;
         }
         q.push(req);
         drop(q);
-        let _ = hostcalls::set_effective_context(self.root_id);
-        let _ = hostcalls::set_tick_period(Duration::from_millis(1));
-        let _ = hostcalls::set_effective_context(from);
+        root::wake(self.root_id, from, Duration::from_millis(1));
     }
 }
 
@@ -113,7 +104,7 @@ impl Context for Root {
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, size: usize) {
         let Some(shared) = &self.shared else { return };
         if let Err(e) = sidecar::reply::<v1::CacheStoreResponse>(status_code, size) {
-            inc(shared.metrics.borrow().sidecar_errors);
+            shared.metrics.borrow().sidecar_errors.inc();
             log!(Warn, None, "cache store in the sidecar failed: {e}");
         }
     }
@@ -137,13 +128,13 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        self.set_tick_period(Duration::ZERO);
+        let _ = root::set_tick_period(Duration::ZERO);
         let Some(shared) = self.shared.clone() else { return };
         let Some(sidecar) = &shared.sidecar else { return };
         let queued = std::mem::take(&mut *shared.stores.borrow_mut());
         for req in queued {
             if let Err(e) = sidecar.cache_store(&req) {
-                inc(shared.metrics.borrow().sidecar_errors);
+                shared.metrics.borrow().sidecar_errors.inc();
                 log!(Warn, None, "cache store in the sidecar not sent: {e}");
             }
         }
@@ -199,27 +190,23 @@ struct Http {
 
 impl Http {
     fn now(&self) -> u64 {
-        self.get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        root::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 
     fn bypass(&mut self, why: Bypass) -> Action {
         self.status = Some(headers::cache::BYPASS);
         self.keyed = None;
-        if let Some(m) = self.shared.metrics.borrow_mut().bypass.get(why.name()) {
-            m.inc();
-        }
+        self.shared.metrics.borrow_mut().bypass.get(why.name()).inc();
         state::set(headers::state::CACHE, headers::cache::BYPASS);
         Action::Continue
     }
 
     fn miss(&mut self, paused: bool) -> Action {
         self.status = Some(headers::cache::MISS);
-        inc(self.shared.metrics.borrow().misses);
+        self.shared.metrics.borrow().misses.inc();
         state::set(headers::state::CACHE, headers::cache::MISS);
         if paused {
-            let _ = hostcalls::resume_http_request();
+            let _ = http::resume_request(self.id);
         }
         Action::Continue
     }
@@ -274,7 +261,7 @@ impl Http {
                 Action::Pause
             }
             Err(e) => {
-                inc(shared.metrics.borrow().sidecar_errors);
+                shared.metrics.borrow().sidecar_errors.inc();
                 log!(Warn, Some(self.id), "cache lookup not sent: {e}");
                 self.miss(false)
             }
@@ -310,8 +297,7 @@ impl Http {
         if let Some(s) = &sim {
             hdrs.push((SIMILARITY_HEADER, s.as_str()));
         }
-        if let Err(s) = hostcalls::send_http_response(200, hdrs, Some(&payload)) {
-            log!(Error, Some(self.id), "cannot send the cached response: {s:?}");
+        if http::send_response(self.id, 200, hdrs, Some(&payload)).is_err() {
             return false;
         }
         self.served = true;
@@ -319,12 +305,12 @@ impl Http {
         let m = self.shared.metrics.borrow();
         match similarity {
             Some(s) => {
-                inc(m.semantic_hits);
+                m.semantic_hits.inc();
                 if let Some(h) = m.similarity {
                     h.record((s.clamp(0.0, 1.0) * 1000.0).round() as u64);
                 }
             }
-            None => inc(m.hits),
+            None => m.hits.inc(),
         }
         if let (Some(t), Some(u)) = (m.tokens_saved, filter_core::usage::from_response(provider, body)) {
             t.add(i64::try_from(u.total()).unwrap_or(i64::MAX));
@@ -363,16 +349,17 @@ impl Http {
         let m = shared.metrics.borrow();
         if cfg.backend == Backend::SharedData {
             let slot = self.slot_key(&k.exact);
-            let evicts = shared_data::get(&slot)
-                .ok()
-                .and_then(|(v, _)| v)
+            let (old, cas) = shared_data::get(&slot).unwrap_or((None, None));
+            let evicts = old
                 .and_then(|v| Entry::decode(&v))
                 .is_some_and(|old| old.key != k.exact && old.is_fresh(now, cfg.ttl_s));
-            match shared_data::set(&slot, &encoded, None) {
+            // Conditional on what was read: when another response took the slot meanwhile, the
+            // newer entry stays and the eviction count stays true.
+            match shared_data::replace(&slot, &encoded, cas) {
                 Ok(()) => {
-                    inc(m.stores);
+                    m.stores.inc();
                     if evicts {
-                        inc(m.evictions);
+                        m.evictions.inc();
                     }
                     if let Some(b) = m.bytes_stored {
                         b.add(encoded.len() as i64);
@@ -383,7 +370,7 @@ impl Http {
         }
         if cfg.backend == Backend::Sidecar || k.semantic_text.is_some() {
             if cfg.backend == Backend::Sidecar {
-                inc(m.stores);
+                m.stores.inc();
                 if let Some(b) = m.bytes_stored {
                     b.add(encoded.len() as i64);
                 }
@@ -413,7 +400,7 @@ impl Context for Http {
             Ok(r) => r,
             Err(e) => {
                 // The cache is an optimisation: unavailable means a miss, never an error.
-                inc(self.shared.metrics.borrow().sidecar_errors);
+                self.shared.metrics.borrow().sidecar_errors.inc();
                 log!(Warn, Some(self.id), "cache lookup failed, treated as a miss: {e}");
                 self.miss(true);
                 return;
@@ -459,7 +446,7 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
-        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let path = http::request_header(self.id, ":path").unwrap_or_default();
         self.provider = Provider::from_path(&path);
         match self.provider {
             None => return Action::Continue,
@@ -468,7 +455,7 @@ impl HttpContext for Http {
         }
         let shared = self.shared.clone();
         let cfg = &shared.config;
-        if let Some(cc) = self.get_http_request_header("cache-control") {
+        if let Some(cc) = http::request_header(self.id, "cache-control") {
             for d in cc.split(',').map(|d| d.trim().to_ascii_lowercase()) {
                 match d.as_str() {
                     "no-cache" => self.no_cache = true,
@@ -480,7 +467,7 @@ impl HttpContext for Http {
         if self.no_cache && self.no_store {
             return self.bypass(Bypass::ClientAsked);
         }
-        let identity = |h: &str| self.get_http_request_header(h).filter(|v| !v.is_empty());
+        let identity = |h: &str| http::request_header(self.id, h).filter(|v| !v.is_empty());
         let semantic_scope = match cfg.semantic.scope {
             SemanticScope::Subject => identity(&cfg.subject_header).map(|s| format!("subject:{s}")),
             SemanticScope::Cache => None,
@@ -501,10 +488,7 @@ impl HttpContext for Http {
             SemanticScope::Cache => Some(self.scope.clone()),
         };
         for (slot, name) in self.key_headers.iter_mut().zip(KEY_HEADERS) {
-            *slot = hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
+            *slot = http::request_header(self.id, name).unwrap_or_default();
         }
         if end_of_stream {
             return self.bypass(Bypass::InvalidBody);
@@ -545,7 +529,7 @@ impl HttpContext for Http {
                     Ok(k) => {
                         self.keyed = Some(k);
                         // A compressed answer could not be recorded: ask for identity.
-                        self.set_http_request_header("accept-encoding", None);
+                        let _ = http::set_request_header(self.id, "accept-encoding", None);
                         if self.no_cache {
                             // Refresh: not looked up, stored again (unless no-store).
                             self.status = Some(headers::cache::BYPASS);
@@ -571,17 +555,15 @@ impl HttpContext for Http {
         let Some(status) = self.status else {
             return Action::Continue;
         };
-        self.set_http_response_header(headers::CACHE, Some(status));
+        let _ = http::set_response_header(self.id, headers::CACHE, Some(status));
         let Some(k) = &self.keyed else {
             return Action::Continue;
         };
-        let ok = self.get_http_response_header(":status").as_deref() == Some("200");
-        let cookie = self.get_http_response_header("set-cookie").is_some();
-        let encoded = self
-            .get_http_response_header("content-encoding")
+        let ok = http::response_header(self.id, ":status").as_deref() == Some("200");
+        let cookie = http::response_header(self.id, "set-cookie").is_some();
+        let encoded = http::response_header(self.id, "content-encoding")
             .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
-        let response_cc = self
-            .get_http_response_header("cache-control")
+        let response_cc = http::response_header(self.id, "cache-control")
             .unwrap_or_default()
             .to_ascii_lowercase();
         // `private`: not for a cache other users read.
@@ -591,8 +573,7 @@ impl HttpContext for Http {
             self.keyed = None;
             return Action::Continue;
         }
-        let content_type = self
-            .get_http_response_header("content-type")
+        let content_type = http::response_header(self.id, "content-type")
             .unwrap_or_default()
             .to_ascii_lowercase();
         let (Some(provider), stream) = (self.provider, k.stream) else {
@@ -616,7 +597,7 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         // The chunk passes as it is; the filter keeps a copy.
-        let chunk = self.get_http_response_body(0, body_size).unwrap_or_default();
+        let chunk = http::response_body(self.id, 0, body_size).unwrap_or_default();
         let limit = self.shared.config.max_entry_bytes;
         let mut complete = None;
         match &mut self.record {

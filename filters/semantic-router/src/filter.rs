@@ -9,11 +9,11 @@ use filter_core::api::Request;
 use filter_core::config::SidecarConfig;
 use filter_core::{ApiError, ErrorKind, Provider, headers};
 use filter_host::body::{self as host_body, Body};
-use filter_host::metrics::{Family, Metric};
-use filter_host::proxy_wasm::{self, hostcalls, traits::*, types::*};
+use filter_host::metrics::{Family, Metric, Record as _};
+use filter_host::proxy_wasm::{self, traits::*, types::*};
 use filter_host::reply::send_error;
 use filter_host::sidecar::{self, Sidecar, v1};
-use filter_host::{log, state};
+use filter_host::{http, log, root, state};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime};
 
 proxy_wasm::main! {{
     filter_host::init("semantic-router");
-    proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|id| Box::new(Root {
         id,
         shared: None,
@@ -101,9 +100,7 @@ impl Shared {
         if due && !self.loading.get() && !self.broken.get() {
             self.last_attempt.set(now);
             // The calls start from the root (a request's own call would die with the request).
-            let _ = hostcalls::set_effective_context(self.root_id);
-            let _ = hostcalls::set_tick_period(Duration::from_millis(1));
-            let _ = hostcalls::set_effective_context(from);
+            root::wake(self.root_id, from, Duration::from_millis(1));
         }
     }
 
@@ -142,7 +139,7 @@ impl Root {
         self.fetched = vec![None; cfg.pending.len()];
         self.failed = false;
         self.attempt += 1;
-        shared.last_attempt.set(self.get_current_time());
+        shared.last_attempt.set(root::now());
         for (n, batch) in cfg.pending.chunks(EXAMPLE_BATCH).enumerate() {
             // Cut like a request's text, so an example and a prompt are read alike.
             let texts = batch
@@ -171,7 +168,7 @@ impl Root {
         let Some(shared) = self.shared.clone() else { return };
         shared.loading.set(!self.calls.is_empty());
         if !self.calls.is_empty() || shared.broken.get() {
-            self.set_tick_period(Duration::ZERO);
+            let _ = root::set_tick_period(Duration::ZERO);
             return;
         }
         if !self.failed && self.fetched.iter().any(Option::is_none) {
@@ -193,10 +190,10 @@ impl Root {
                 self.attempt,
                 wait.as_millis()
             );
-            self.set_tick_period(wait);
+            let _ = root::set_tick_period(wait);
             return;
         }
-        self.set_tick_period(Duration::ZERO);
+        let _ = root::set_tick_period(Duration::ZERO);
         let cfg = &shared.config;
         let mut index = cfg.index.clone();
         for ((route, _), v) in cfg.pending.iter().zip(std::mem::take(&mut self.fetched)) {
@@ -281,7 +278,7 @@ impl RootContext for Root {
             broken: Cell::new(false),
             root_id: self.id,
             loading: Cell::new(false),
-            last_attempt: Cell::new(self.get_current_time()),
+            last_attempt: Cell::new(root::now()),
             config,
         });
         if ready {
@@ -290,7 +287,7 @@ impl RootContext for Root {
         self.shared = Some(shared);
         if !ready {
             // The first tick starts the calls: a root context's calls must start from a root callback.
-            self.set_tick_period(Duration::from_millis(1));
+            let _ = root::set_tick_period(Duration::from_millis(1));
         }
         true
     }
@@ -303,7 +300,7 @@ impl RootContext for Root {
         if waiting && self.calls.is_empty() {
             self.load_examples();
         } else {
-            self.set_tick_period(Duration::ZERO);
+            let _ = root::set_tick_period(Duration::ZERO);
         }
     }
 
@@ -361,7 +358,7 @@ impl Http {
         let Some(route) = cfg.routes.get(d.route) else {
             return self.resume(paused);
         };
-        self.set_http_request_header(&cfg.header, Some(&route.value));
+        let _ = http::set_request_header(self.id, &cfg.header, Some(&route.value));
         if d.method != Method::Explicit
             && let (Some(model), Some(provider)) = (&route.model, self.provider)
         {
@@ -400,7 +397,7 @@ impl Http {
     fn resume(&mut self, paused: bool) -> Action {
         self.body = Vec::new();
         if paused {
-            let _ = hostcalls::resume_http_request();
+            let _ = http::resume_request(self.id);
         }
         Action::Continue
     }
@@ -425,9 +422,7 @@ impl Http {
 
     /// The sidecar could not embed this request's text.
     fn sidecar_failed(&mut self, why: &str, paused: bool) -> Action {
-        if let Some(m) = self.shared.metrics.borrow().sidecar_errors {
-            m.inc();
-        }
+        self.shared.metrics.borrow().sidecar_errors.inc();
         log!(Warn, Some(self.id), "no embedding for routing: {why}");
         self.apply(
             Decision::new(self.shared.config.default, Method::SidecarFailed),
@@ -455,16 +450,14 @@ impl Http {
             return self.apply(Decision::new(cfg.default, Method::BelowThreshold), false);
         }
         if shared.index.borrow().is_none() {
-            shared.nudge(self.get_current_time(), self.id);
-            if let Some(m) = shared.metrics.borrow().sidecar_errors {
-                m.inc();
-            }
+            shared.nudge(root::now(), self.id);
+            shared.metrics.borrow().sidecar_errors.inc();
             return self.apply(Decision::new(cfg.default, Method::NotReady), false);
         }
         let input = decide::truncate(&text, cfg.input.max_bytes()).to_owned();
         match shared.sidecar.embed(vec![input]) {
             Ok(_) => {
-                self.embedding = Some(self.get_current_time());
+                self.embedding = Some(root::now());
                 Action::Pause
             }
             Err(e) => self.sidecar_failed(&e.to_string(), false),
@@ -479,7 +472,7 @@ impl Context for Http {
         };
         let shared = self.shared.clone();
         if let (Ok(d), Some(h)) = (
-            self.get_current_time().duration_since(started),
+            root::now().duration_since(started),
             shared.metrics.borrow().sidecar_us,
         ) {
             h.record(d.as_micros() as u64);
@@ -521,16 +514,16 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
         let shared = self.shared.clone();
         let cfg = &shared.config;
-        if let Some(sent) = self.get_http_request_header(&cfg.header) {
+        if let Some(sent) = http::request_header(self.id, &cfg.header) {
             if cfg.client_route == ClientRoute::Honor
                 && let Some(r) = cfg.route_by_value(&sent)
             {
                 return self.apply(Decision::new(r, Method::Explicit), false);
             }
             // The route is the gateway's decision: a client's copy never reaches the route table.
-            self.set_http_request_header(&cfg.header, None);
+            let _ = http::set_request_header(self.id, &cfg.header, None);
         }
-        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let path = http::request_header(self.id, ":path").unwrap_or_default();
         self.provider = Provider::from_path(&path).filter(|p| *p != Provider::OpenAiEmbeddings);
         if self.provider.is_none() || end_of_stream {
             // Not a prompt: Envoy's routes without the header take it.
@@ -539,7 +532,7 @@ impl HttpContext for Http {
         }
         if cfg.rewrites_model {
             // A rewritten body has another length.
-            self.set_http_request_header("content-length", None);
+            let _ = http::set_request_header(self.id, "content-length", None);
         }
         // Wait for the body (needs allow_on_headers_stop_iteration: true in the Envoy config).
         Action::Pause
@@ -583,7 +576,7 @@ impl HttpContext for Http {
             return Action::Pause;
         }
         let size = self.shared.config.max_body_bytes;
-        let body = self.get_http_request_body(0, size).unwrap_or_default();
+        let body = http::request_body(self.id, 0, size).unwrap_or_default();
         self.decide(provider, body)
     }
 }

@@ -12,11 +12,11 @@ use filter_core::hash::fnv1a;
 use filter_core::usage::TokenUsage;
 use filter_core::{ApiError, ErrorKind, headers};
 use filter_host::body::{self, Body};
-use filter_host::metrics::{Family, Metric};
+use filter_host::metrics::{Family, Metric, Record as _};
 use filter_host::proxy_wasm::{self, traits::*, types::*};
 use filter_host::reply::send_error;
 use filter_host::sidecar::{Sidecar, reply, v1};
-use filter_host::{log, shared, state};
+use filter_host::{http, log, root, shared, state};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -24,7 +24,6 @@ use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     filter_host::init("token-counter");
-    proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| Box::new(Root { shared: None }));
 }}
 
@@ -98,12 +97,6 @@ impl Metrics {
     }
 }
 
-fn inc(m: Option<Metric>) {
-    if let Some(m) = m {
-        m.inc();
-    }
-}
-
 fn add(f: &mut Family, model: &str, n: u64) {
     if n > 0
         && let Some(m) = f.get(model)
@@ -116,13 +109,35 @@ struct Root {
     shared: Option<Rc<Shared>>,
 }
 
+/// Creates every rule's slot keys, empty, so that every ledger write after them is conditional
+/// (`filter_host::shared`). A marker per rule records the slot count done, so worker VMs (and
+/// reloads with the same slots) skip the loop the main thread's canary VM already ran.
+fn create_slots(b: &Budgets) -> Result<(), shared::SharedError> {
+    let slots = b.slots.to_le_bytes();
+    for rule in &b.rules {
+        let marker = format!("{}created", rule.key_prefix);
+        if shared::get(&marker)?.0.as_deref() == Some(&slots[..]) {
+            continue;
+        }
+        let mut key = String::with_capacity(rule.key_prefix.len() + 5);
+        for slot in 0..b.slots {
+            key.clear();
+            key.push_str(&rule.key_prefix);
+            key.push_str(&slot.to_string());
+            shared::create(&key, &[])?;
+        }
+        shared::replace(&marker, &slots, None)?;
+    }
+    Ok(())
+}
+
 impl Context for Root {
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, size: usize) {
         // Settlements: the sidecar's answer only matters for the log.
         if let Err(e) = reply::<v1::SettleResponse>(status_code, size) {
             log!(Warn, None, "budget settle failed: {e}");
             if let Some(s) = &self.shared {
-                inc(s.metrics.borrow().budget_errors);
+                s.metrics.borrow().budget_errors.inc();
             }
         }
     }
@@ -140,7 +155,20 @@ impl RootContext for Root {
             .filter(|b| b.backend == Backend::Sidecar)
             .map(|b| Sidecar::new(b.sidecar.clone()));
         if sidecar.is_some() {
-            self.set_tick_period(Duration::from_millis(100));
+            let _ = root::set_tick_period(Duration::from_millis(100));
+        }
+        if let Some(b) = config
+            .budgets
+            .as_ref()
+            .filter(|b| b.backend == Backend::SharedData)
+            && let Err(e) = create_slots(b)
+        {
+            log!(
+                Critical,
+                None,
+                "budget slots could not be created in shared data: {e}"
+            );
+            return false;
         }
         self.shared = Some(Rc::new(Shared {
             counter: RefCell::new(Counter::new(config.count_cache_entries)),
@@ -162,7 +190,7 @@ impl RootContext for Root {
         for req in &queue {
             if let Err(e) = sidecar.settle(req) {
                 log!(Warn, None, "budget settle not sent: {e}");
-                inc(s.metrics.borrow().budget_errors);
+                s.metrics.borrow().budget_errors.inc();
             }
         }
     }
@@ -246,9 +274,7 @@ impl Http {
     }
 
     fn now_secs(&self) -> u64 {
-        self.get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        root::now_secs()
     }
 
     fn on_request(&mut self, provider: Provider, mut body: Vec<u8>) -> Action {
@@ -257,7 +283,7 @@ impl Http {
         let mut req = match Request::parse(provider, &body) {
             Ok(r) => r,
             Err(e) => {
-                inc(shared.metrics.borrow().invalid_requests);
+                shared.metrics.borrow().invalid_requests.inc();
                 // The parser quotes values it rejects: keep prompt text out of the reply's log line.
                 return self.reply(
                     &ApiError::invalid_request(
@@ -274,7 +300,7 @@ impl Http {
         let encoding = cfg.encoding_for(&self.model, entry);
 
         let loaded_before = count::is_loaded(encoding);
-        let started = self.get_current_time();
+        let started = root::now();
         let counted = shared.counter.borrow_mut().prompt(encoding, &req);
         let counted = match counted {
             Ok(n) => n,
@@ -287,7 +313,7 @@ impl Http {
         {
             let m = shared.metrics.borrow();
             if !loaded_before {
-                if let (Some(h), Ok(d)) = (m.table_load_ms, self.get_current_time().duration_since(started)) {
+                if let (Some(h), Ok(d)) = (m.table_load_ms, root::now().duration_since(started)) {
                     h.record(d.as_millis() as u64);
                 }
                 log!(Info, Some(self.id), "{} table built for this VM", encoding.name());
@@ -437,7 +463,7 @@ impl Http {
                     return self.reject_budget();
                 }
                 (res, decision) => {
-                    inc(self.shared.metrics.borrow().budget_errors);
+                    self.shared.metrics.borrow().budget_errors.inc();
                     log!(
                         Warn,
                         Some(self.id),
@@ -461,10 +487,7 @@ impl Http {
         };
         // Reserve is idempotent per id, so the id must be ours alone: a client that resent an
         // x-request-id must not get a second request on the first one's reservation.
-        let nanos = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = root::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         self.request_id = format!("{}:{nanos:x}:{}", self.request_id, self.id);
         for &i in rules {
             let Some(rule) = budgets.rules.get(i) else {
@@ -488,7 +511,7 @@ impl Http {
                     });
                 }
                 Err(e) => {
-                    inc(self.shared.metrics.borrow().budget_errors);
+                    self.shared.metrics.borrow().budget_errors.inc();
                     log!(Warn, Some(self.id), "budget `{}`: {e}", rule.name);
                     if budgets.failure_mode == FailureMode::Closed {
                         return self.budget_unavailable();
@@ -534,7 +557,7 @@ impl Http {
                 }
             }
             Err(e) => {
-                inc(shared.metrics.borrow().budget_errors);
+                shared.metrics.borrow().budget_errors.inc();
                 log!(Warn, Some(self.id), "budget `{}`: {e}", rule.name);
                 if budgets.failure_mode == FailureMode::Closed && !self.replied {
                     let _ = self.budget_unavailable();
@@ -548,10 +571,8 @@ impl Http {
             let _ = self.reject_budget();
         } else {
             self.forwarded = true;
-            // The SDK's `resume_http_request` unwraps; a host error must not kill the VM.
-            if let Err(s) = proxy_wasm::hostcalls::resume_http_request() {
-                log!(Warn, Some(self.id), "cannot resume the request: {s:?}");
-            }
+            // A failure is logged; the stream then ends by Envoy's timeouts.
+            let _ = http::resume_request(self.id);
         }
     }
 
@@ -611,7 +632,7 @@ impl Http {
                         budget::settle(cur, id, window_start, reserved, actual)
                     });
                     if let Err(e) = res {
-                        inc(self.shared.metrics.borrow().budget_errors);
+                        self.shared.metrics.borrow().budget_errors.inc();
                         log!(Warn, Some(self.id), "budget settle failed: {e:?}");
                     }
                 }
@@ -634,7 +655,7 @@ impl Http {
         let usage = self.tap.as_ref().and_then(Tap::usage);
         let ok = self.status.is_some_and(|s| (200..300).contains(&s));
         if self.tap.as_ref().is_some_and(|t| t.cut) {
-            inc(self.shared.metrics.borrow().streams_cut);
+            self.shared.metrics.borrow().streams_cut.inc();
         }
         match usage {
             Some(u) => {
@@ -643,7 +664,7 @@ impl Http {
             }
             None if ok => {
                 // A success without usage: the reservation stands as the charge.
-                inc(self.shared.metrics.borrow().responses_without_usage);
+                self.shared.metrics.borrow().responses_without_usage.inc();
                 self.held.clear();
             }
             // The provider does not bill errors.
@@ -719,10 +740,10 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
-        if end_of_stream || self.get_http_request_header(":method").as_deref() != Some("POST") {
+        if end_of_stream || http::request_header(self.id, ":method").as_deref() != Some("POST") {
             return Action::Continue;
         }
-        let Some(path) = self.get_http_request_header(":path") else {
+        let Some(path) = http::request_header(self.id, ":path") else {
             return Action::Continue;
         };
         self.provider = Provider::from_path(&path);
@@ -730,18 +751,16 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         if let Some(t) = &self.shared.config.tenant_metrics {
-            self.tenant = self.get_http_request_header(&t.header).filter(|v| !v.is_empty());
+            self.tenant = http::request_header(self.id, &t.header).filter(|v| !v.is_empty());
         }
         if let Some(b) = &self.shared.config.budgets {
-            self.identity = self
-                .get_http_request_header(&b.identity_header)
-                .filter(|v| !v.is_empty());
+            self.identity = http::request_header(self.id, &b.identity_header).filter(|v| !v.is_empty());
             if b.backend == Backend::Sidecar {
-                self.request_id = self.get_http_request_header("x-request-id").unwrap_or_default();
+                self.request_id = http::request_header(self.id, "x-request-id").unwrap_or_default();
             }
         }
         // The body may be rewritten (stream_options.include_usage) after these headers went on.
-        self.set_http_request_header("content-length", None);
+        let _ = http::set_request_header(self.id, "content-length", None);
         Action::Continue
     }
 
@@ -776,22 +795,20 @@ impl HttpContext for Http {
         if self.replied {
             return Action::Continue;
         }
-        self.status = self
-            .get_http_response_header(":status")
-            .and_then(|s| s.parse().ok());
-        let ct = self.get_http_response_header("content-type").unwrap_or_default();
+        self.status = http::response_header(self.id, ":status").and_then(|s| s.parse().ok());
+        let ct = http::response_header(self.id, "content-type").unwrap_or_default();
         let ok = self.status == Some(200);
         let tap = Tap::new(provider, &ct, self.drop_usage_chunk && ok);
         if tap.rewrites() {
-            self.set_http_response_header("content-length", None);
+            let _ = http::set_response_header(self.id, "content-length", None);
         }
         self.tap = Some(tap);
         if self.shared.config.response_headers {
             if let Some(n) = self.counted {
-                self.set_http_response_header(headers::PROMPT_TOKENS, Some(&n.to_string()));
+                let _ = http::set_response_header(self.id, headers::PROMPT_TOKENS, Some(&n.to_string()));
             }
             if let Some(r) = self.remaining {
-                self.set_http_response_header(headers::BUDGET_REMAINING, Some(&r.to_string()));
+                let _ = http::set_response_header(self.id, headers::BUDGET_REMAINING, Some(&r.to_string()));
             }
         }
         if end_of_stream {
@@ -807,17 +824,17 @@ impl HttpContext for Http {
         let bytes = if body_size == 0 {
             Vec::new()
         } else {
-            self.get_http_response_body(0, body_size).unwrap_or_default()
+            http::response_body(self.id, 0, body_size).unwrap_or_default()
         };
         let Some(tap) = self.tap.as_mut() else {
             return Action::Continue;
         };
         if let Chunk::Replace(out) = tap.chunk(&bytes, end_of_stream) {
             if out.len() != bytes.len() {
-                inc(self.shared.metrics.borrow().usage_chunks_removed);
+                self.shared.metrics.borrow().usage_chunks_removed.inc();
             }
             if out != bytes {
-                self.set_http_response_body(0, body_size, &out);
+                let _ = http::set_response_body(self.id, 0, body_size, &out);
             }
         }
         if end_of_stream {
@@ -840,9 +857,9 @@ impl HttpContext for Http {
         // The stream ended early (client gone, upstream reset). An error status means the provider
         // billed nothing. OpenAI's usage chunk is final, so with it the charge is exact; otherwise
         // the provider may have billed, and the reservation stands.
-        inc(self.shared.metrics.borrow().aborted);
+        self.shared.metrics.borrow().aborted.inc();
         if self.tap.is_some() && self.status.is_some_and(|s| (200..300).contains(&s)) {
-            inc(self.shared.metrics.borrow().streams_cut);
+            self.shared.metrics.borrow().streams_cut.inc();
         }
         let usage = self.tap.as_ref().and_then(Tap::usage);
         match (self.status, usage) {

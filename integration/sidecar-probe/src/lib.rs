@@ -14,7 +14,6 @@ use std::rc::Rc;
 
 proxy_wasm::main! {{
     filter_host::init("sidecar-probe");
-    proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| Box::new(Root { probe: None }));
 }}
 
@@ -126,7 +125,7 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
-        self.op = match self.get_http_request_header(":path").as_deref() {
+        self.op = match filter_host::http::request_header(self.id, ":path").as_deref() {
             Some("/v1/probe/embed") => Some(Op::Embed),
             Some("/v1/probe/classify") => Some(Op::Classify),
             _ => None,

@@ -287,6 +287,42 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
     assert_eq!(seen.header("x-admin"), None);
 }
 
+/// proxy-wasm's own header-map reader unwraps `String::from_utf8`, so one client header holding a
+/// Latin-1 byte (HTTP allows obs-text, and Envoy passes it) would abort the VM that reads every
+/// request header to strip forged identities. filter-host reads such a value lossily.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_value_that_is_not_utf8_does_not_abort_the_vm() {
+    use std::io::{Read, Write};
+    let k = keys();
+    let mock = MockLlm::start().unwrap();
+    let envoy = envoy(&mock, &config(json!({"inline": k.jwks()}))).unwrap();
+    let token = k.get("p256").sign("ES256", &claims("bob")).unwrap();
+    let body = chat().to_string();
+    for _ in 0..3 {
+        let mut req = format!(
+            "POST {CHAT} HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nx-note: caf",
+            body.len()
+        )
+        .into_bytes();
+        req.push(0xE9);
+        req.extend_from_slice(b"\r\n\r\n");
+        req.extend_from_slice(body.as_bytes());
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.write_all(&req).unwrap();
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let seen = mock.journal.last().unwrap();
+        assert_eq!(seen.header("x-tollgate-subject"), Some("bob"));
+    }
+    let r = call(&envoy, CHAT, Some(&token), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!envoy.log().contains("panic"), "{}", envoy.log());
+}
+
 /// The negative cases of Envoy's jwt_authn / jwt_verify_lib tests, each by its reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_forged_and_out_of_time_tokens_are_refused_with_their_reason() {

@@ -5,6 +5,8 @@
 
 mod common;
 mod content_moderator;
+mod envoy_limits;
+mod host_errors;
 mod jwt_auth;
 mod oci_package;
 mod passthrough;

@@ -8,7 +8,7 @@
 use crate::common::{sidecar_args, sidecar_metric, start_sidecar};
 
 use serde_json::{Value, json};
-use sidecar::background::{Background, RedisServer};
+use sidecar_testkit::{Background, RedisServer};
 use std::time::{Duration, Instant};
 use tollgate_it::client::{Client, Response, reply_text, sse_data};
 use tollgate_it::envoy::{Envoy, Options, default_ports, snippet_config};

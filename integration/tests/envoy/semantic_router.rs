@@ -131,7 +131,7 @@ fn examples_in_snippet() -> u64 {
         .sum()
 }
 
-async fn embed(sc: &sidecar::background::Background, texts: Vec<String>) -> Vec<Vec<f32>> {
+async fn embed(sc: &sidecar_testkit::Background, texts: Vec<String>) -> Vec<Vec<f32>> {
     let mut c =
         inference_proto::v1::inference_client::InferenceClient::connect(format!("http://{}", sc.addr))
             .await

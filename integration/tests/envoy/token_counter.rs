@@ -405,6 +405,82 @@ async fn fifty_concurrent_requests_never_overshoot_the_budget() {
     assert_eq!(r.json()["error"]["code"], "identity_required");
 }
 
+/// Envoy's CAS does not guard a key's first write, so every ledger slot is created at configure
+/// time and every reservation is conditional. 40 identities that were never charged (fresh slots)
+/// each get a burst of 10 overlapping requests spread over 2 workers; afterwards each identity's
+/// ledger must equal the sum of the usage its admitted requests were charged, and no burst may be
+/// admitted past the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn first_reservations_on_fresh_slots_from_two_workers_lose_no_charge() {
+    let mock = MockLlm::start().unwrap();
+    let c = Client::new();
+    let req = chat_req("Write a haiku about ledgers", 40);
+    let probe_req = chat_req("Write a haiku about ledgers", 1);
+    let unlimited = envoy(&mock, &budget_config(1_000_000_000), 1).unwrap();
+    let r = c
+        .post_json(&unlimited.url(CHAT), &[("x-tollgate-subject", "probe")], &req)
+        .await
+        .unwrap();
+    let prompt: u64 = r.header("x-tollgate-prompt-tokens").unwrap().parse().unwrap();
+    drop(unlimited);
+    let reservation = prompt + 40;
+    let limit = 5 * reservation + reservation / 2;
+
+    let chain = envoy(&mock, &budget_config(limit), 2).unwrap();
+    let url = chain.url(CHAT);
+    let subjects: Vec<String> = (0..40).map(|i| format!("fresh-{i}")).collect();
+    let mut tasks = Vec::new();
+    for s in &subjects {
+        for _ in 0..10 {
+            let (c, url, req, s) = (c.clone(), url.clone(), req.clone(), s.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = c
+                    .post_json(
+                        &url,
+                        &[("x-tollgate-subject", &s), ("x-mock-latency-ms", "200")],
+                        &req,
+                    )
+                    .await
+                    .unwrap();
+                (s, r)
+            }));
+        }
+    }
+    let mut charged: std::collections::HashMap<String, (u64, u64)> = Default::default();
+    for t in tasks {
+        let (s, r) = t.await.unwrap();
+        let e = charged.entry(s).or_default();
+        match r.status {
+            200 => {
+                e.0 += 1;
+                e.1 += r.json()["usage"]["total_tokens"].as_u64().unwrap();
+            }
+            429 => assert_eq!(r.json()["error"]["code"], "budget_exceeded"),
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    }
+    // Settlement runs when each stream ends, just after the client has its answer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for s in &subjects {
+        let (admitted, used) = charged.get(s).copied().unwrap_or_default();
+        assert!(
+            (1..=5).contains(&admitted),
+            "{s}: {admitted} admitted past a limit of 5 reservations"
+        );
+        let r = c
+            .post_json(&url, &[("x-tollgate-subject", s)], &probe_req)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{s}: {}", r.text());
+        let left: u64 = r.header("x-tollgate-budget-remaining").unwrap().parse().unwrap();
+        assert_eq!(
+            left,
+            limit - used - (prompt + 1),
+            "{s}: the ledger lost a charge ({admitted} admitted, {used} tokens used)"
+        );
+    }
+}
+
 async fn remaining(c: &Client, envoy: &Envoy, subject: &str, req: &Value) -> (u64, u64) {
     let r = c
         .post_json(&envoy.url(CHAT), &[("x-tollgate-subject", subject)], req)
@@ -629,7 +705,7 @@ fn envoy_with_sidecar(mock: &MockLlm, sidecar_port: u16, config: &Value) -> Envo
     .unwrap()
 }
 
-fn sidecar_on(redis: &sidecar::background::RedisServer) -> sidecar::background::Background {
+fn sidecar_on(redis: &sidecar_testkit::RedisServer) -> sidecar_testkit::Background {
     let root = tollgate_it::repo_root();
     let args: Vec<String> = [
         "--model-dir",
@@ -640,13 +716,13 @@ fn sidecar_on(redis: &sidecar::background::RedisServer) -> sidecar::background::
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    sidecar::background::Background::start(&args).unwrap()
+    sidecar_testkit::Background::start(&args).unwrap()
 }
 
 /// Two Envoy replicas, each with its own sidecar, both sidecars on one Redis: one budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_share_one_budget_through_the_sidecar_on_redis() {
-    let redis = sidecar::background::RedisServer::start().unwrap();
+    let redis = sidecar_testkit::RedisServer::start().unwrap();
     let (sc1, sc2) = (sidecar_on(&redis), sidecar_on(&redis));
     let mock = MockLlm::start().unwrap();
     // max_tokens well above what the mock writes, so settling with the real usage frees room.

@@ -1,7 +1,7 @@
 //! Set-up shared by the integration tests that need the real inference sidecar.
 #![allow(dead_code, clippy::expect_used)]
 
-use sidecar::background::Background;
+use sidecar_testkit::Background;
 use std::net::SocketAddr;
 use tollgate_it::repo_root;
 

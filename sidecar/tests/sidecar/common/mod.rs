@@ -23,10 +23,10 @@ pub fn model_dir() -> PathBuf {
     dir
 }
 
-pub struct Running(sidecar::background::Background);
+pub struct Running(sidecar_testkit::Background);
 
 impl std::ops::Deref for Running {
-    type Target = sidecar::background::Background;
+    type Target = sidecar_testkit::Background;
     fn deref(&self) -> &Self::Target {
         &self.0
     }
@@ -91,7 +91,7 @@ pub fn spawn(extra: &[&str]) -> Running {
         "5".into(),
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    Running(sidecar::background::Background::start(&args).unwrap())
+    Running(sidecar_testkit::Background::start(&args).unwrap())
 }
 
 /// One sidecar (in-memory state) shared by every test of a test binary.
@@ -108,4 +108,4 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[allow(unused_imports)] // used by redis.rs only
-pub use sidecar::background::RedisServer as Redis;
+pub use sidecar_testkit::RedisServer as Redis;

@@ -1,7 +1,8 @@
-//! A sidecar on its own runtime thread, on free loopback ports: for tests and benchmarks in other
-//! crates that need the real thing without a separate process.
+//! Test fixtures, kept out of the sidecar library: a sidecar on its own runtime thread, on free
+//! loopback ports, for tests and benchmarks in other crates that need the real thing without a
+//! separate process; and a real `redis-server` for the Redis backends.
 
-use crate::config::Config;
+use sidecar::config::Config;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -18,13 +19,13 @@ impl Background {
     /// Builds the sidecar from `args` (flags as on the command line; `--listen` and
     /// `--metrics-addr` are ignored in favour of free ports) and serves it until [`Self::stop`] or
     /// drop. Returns once it accepts connections, or with the start-up error.
-    pub fn start(args: &[String]) -> Result<Self, crate::Error> {
+    pub fn start(args: &[String]) -> Result<Self, sidecar::Error> {
         Self::start_at(args, SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// Like [`Self::start`], serving gRPC on `listen` (a port chosen before the sidecar starts, e.g.
     /// one an Envoy config already names).
-    pub fn start_at(args: &[String], listen: SocketAddr) -> Result<Self, crate::Error> {
+    pub fn start_at(args: &[String], listen: SocketAddr) -> Result<Self, sidecar::Error> {
         let cfg = Config::parse(args, |_| None)?;
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(SocketAddr, SocketAddr), String>>();
@@ -33,20 +34,20 @@ impl Background {
             .name("sidecar".into())
             .spawn(move || {
                 let run = async {
-                    let sidecar = crate::build(&cfg).await?;
+                    let sidecar = sidecar::build(&cfg).await?;
                     let listener = tokio::net::TcpListener::bind(listen).await?;
                     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                     let _ = ready_tx.send(Ok((listener.local_addr()?, metrics.local_addr()?)));
                     let shutdown = async {
                         let _ = stopped.await;
                     };
-                    crate::serve(sidecar, listener, Some(metrics), shutdown, grace).await
+                    sidecar::serve(sidecar, listener, Some(metrics), shutdown, grace).await
                 };
                 let result = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
                     .build()
-                    .map_err(crate::Error::from)
+                    .map_err(sidecar::Error::from)
                     .and_then(|rt| rt.block_on(run));
                 if let Err(e) = result {
                     // Before ready this reaches the caller; after, the log is all there is.
@@ -97,7 +98,7 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    pub fn start() -> Result<Self, crate::Error> {
+    pub fn start() -> Result<Self, sidecar::Error> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = std::env::temp_dir().join(format!("tollgate-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
