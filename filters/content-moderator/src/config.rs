@@ -9,6 +9,10 @@ use crate::detect::{Detector, Kind};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+/// A stream's hold-back window may not grow past this (a match longer than this is released
+/// anyway).
+pub const MAX_WINDOW: usize = 16 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
@@ -381,14 +385,10 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.max_body_bytes == 0 {
         return Err(ConfigError::field("max_body_bytes", "must be at least 1"));
     }
-    if !(1..=crate::stream::MAX_WINDOW).contains(&raw.stream_holdback_bytes) {
+    if !(1..=MAX_WINDOW).contains(&raw.stream_holdback_bytes) {
         return Err(ConfigError::field(
             "stream_holdback_bytes",
-            format!(
-                "{} is outside 1..={}",
-                raw.stream_holdback_bytes,
-                crate::stream::MAX_WINDOW
-            ),
+            format!("{} is outside 1..={}", raw.stream_holdback_bytes, MAX_WINDOW),
         ));
     }
     let request = compile_rules(raw.request, "request")?;

@@ -5,36 +5,21 @@
 
 use crate::body::{self, BodyError, Outcome};
 use crate::config::{self, Action as Verdict, Config};
+use crate::refusal::{Refusal, Side};
 use crate::stream::Stream;
-use filter_core::{ApiError, ErrorKind, Provider, headers};
+use filter_core::{Provider, headers};
 use filter_host::body::{self as host_body, Body};
+use filter_host::configured::Filter;
 use filter_host::metrics::{Family, Metric, Record as _};
 use filter_host::proxy_wasm::{self, traits::*, types::*};
-use filter_host::reply::send_error;
 use filter_host::sidecar::{self, Sidecar, v1};
 use filter_host::{http, log, state};
 use std::cell::RefCell;
 use std::rc::Rc;
 
 proxy_wasm::main! {{
-    filter_host::init("content-moderator");
-    proxy_wasm::set_root_context(|_| Box::new(Root { shared: None }));
+    filter_host::configured::main::<Shared>("content-moderator");
 }}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Request,
-    Response,
-}
-
-impl Side {
-    const fn name(self) -> &'static str {
-        match self {
-            Self::Request => "request",
-            Self::Response => "response",
-        }
-    }
-}
 
 /// `tollgate_content_moderator_<side>_<action>{category}`.
 struct Metrics {
@@ -84,29 +69,20 @@ struct Shared {
     metrics: RefCell<Metrics>,
 }
 
-struct Root {
-    shared: Option<Rc<Shared>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(config) = filter_host::config::load(config::compile) else {
-            return false;
-        };
-        self.shared = Some(Rc::new(Shared {
+impl Filter for Shared {
+    fn configure(_root_id: u32) -> Option<Self> {
+        let config = filter_host::config::load(config::compile)?;
+        Some(Self {
             metrics: RefCell::new(Metrics::new(&config)),
             sidecar: config.classify.as_ref().map(|c| Sidecar::new(c.sidecar.clone())),
             config,
-        }));
-        true
+        })
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http {
+    fn http_context(shared: &Rc<Self>, context_id: u32) -> Box<dyn HttpContext> {
+        Box::new(Http {
             id: context_id,
-            shared: self.shared.clone()?,
+            shared: shared.clone(),
             provider: None,
             request_done: false,
             moderate_response: false,
@@ -115,11 +91,7 @@ impl RootContext for Root {
             classifying: false,
             replied: false,
             verdict: Vec::new(),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        })
     }
 }
 
@@ -140,32 +112,27 @@ struct Http {
 }
 
 impl Http {
-    fn reply(&mut self, err: &ApiError) -> Action {
+    /// Answers the request itself: the one place a refusal becomes a reply.
+    fn refuse(&mut self, why: &Refusal) -> Action {
         self.replied = true;
-        send_error(self.id, err, &[]);
-        Action::Pause
-    }
-
-    /// Answers `block_status` with an OpenAI-style error naming the category, never the text.
-    fn block(&mut self, side: Side, category: &str) -> Action {
-        let status = self.shared.config.block_status;
-        let err = ApiError::new(
-            ErrorKind::InvalidRequest,
-            "content_blocked",
-            format!(
-                "the {} was blocked by the content policy (category: {category})",
-                side.name()
-            ),
-        );
+        let err = why.to_error();
+        let status = why.status(self.shared.config.block_status);
         log!(
             Info,
             Some(self.id),
-            "local reply {status} content_blocked: {} category {category}",
-            side.name()
+            "local reply {status} {}: {}",
+            err.code,
+            err.message
         );
-        self.replied = true;
         filter_host::reply::send_json(self.id, status, &err.to_json());
         Action::Pause
+    }
+
+    fn block(&mut self, side: Side, category: &str) -> Action {
+        self.refuse(&Refusal::Blocked {
+            side,
+            category: category.to_owned(),
+        })
     }
 
     /// Records the outcome; `Some(action)` when the callback must return it (blocked or failed).
@@ -187,16 +154,9 @@ impl Http {
                 shared.metrics.borrow_mut().invalid.get(side.name()).inc();
                 log!(Info, Some(self.id), "{} body not moderated: {why}", side.name());
                 return Some(match side {
-                    Side::Request => self.reply(&ApiError::invalid_request(
-                        "invalid_request_body",
-                        format!("the request body could not be read for moderation: {why}"),
-                    )),
+                    Side::Request => self.refuse(&Refusal::UnreadableRequest { why }),
                     // An upstream answer that is not the API's JSON cannot be checked: refuse it.
-                    Side::Response => self.reply(&ApiError::new(
-                        ErrorKind::Unavailable,
-                        "unreadable_response",
-                        "the provider's response could not be read for moderation",
-                    )),
+                    Side::Response => self.refuse(&Refusal::UnreadableResponse),
                 });
             }
             Err(BodyError::Serialize(why)) => {
@@ -206,11 +166,7 @@ impl Http {
                     "cannot serialise the moderated {}: {why}",
                     side.name()
                 );
-                return Some(self.reply(&ApiError::new(
-                    ErrorKind::Internal,
-                    "internal",
-                    "the gateway could not rewrite the body",
-                )));
+                return Some(self.refuse(&Refusal::RewriteFailed));
             }
         };
         self.record(side, &outcome.findings);
@@ -227,11 +183,7 @@ impl Http {
                 "cannot rewrite the {} body: {s:?}",
                 side.name()
             );
-            return Some(self.reply(&ApiError::new(
-                ErrorKind::Internal,
-                "internal",
-                "the gateway could not rewrite the body",
-            )));
+            return Some(self.refuse(&Refusal::RewriteFailed));
         }
         None
     }
@@ -274,10 +226,9 @@ impl Http {
         };
         let Ok(req) = filter_core::api::Request::parse(provider, body) else {
             // body::request read it already; unreachable in practice, refused all the same.
-            return Some(self.reply(&ApiError::invalid_request(
-                "invalid_request_body",
-                "the request body could not be read",
-            )));
+            return Some(self.refuse(&Refusal::UnreadableRequest {
+                why: "it is not a request of its API".to_owned(),
+            }));
         };
         let text = filter_core::prompt::turn_input(&req);
         // The end of the input is kept: an injection is most often appended.
@@ -316,11 +267,7 @@ impl Http {
             }
             return None;
         }
-        Some(self.reply(&ApiError::new(
-            ErrorKind::Unavailable,
-            "moderation_unavailable",
-            "content moderation is unavailable; the request was not sent",
-        )))
+        Some(self.refuse(&Refusal::ClassifierUnavailable))
     }
 
     fn verdict_text(&self) -> String {
@@ -415,10 +362,7 @@ impl HttpContext for Http {
             let unknown_with_body =
                 !end_of_stream && self.shared.config.unknown_apis == config::UnknownApis::Reject;
             if unknown_with_body {
-                return self.reply(&ApiError::invalid_request(
-                    "unsupported_api",
-                    "the content moderator cannot read requests to this API, so they are not sent",
-                ));
+                return self.refuse(&Refusal::UnsupportedApi);
             }
             return Action::Continue;
         }
@@ -457,7 +401,9 @@ impl HttpContext for Http {
             shared.config.max_body_bytes,
         ) {
             Body::Wait(a) => a,
-            Body::TooLarge(e) => self.reply(&e),
+            Body::TooLarge(_) => self.refuse(&Refusal::RequestTooLarge {
+                limit: shared.config.max_body_bytes,
+            }),
             Body::Complete(b) => {
                 self.request_done = true;
                 let outcome = body::request(&shared.config.request, provider, &b);
@@ -473,10 +419,7 @@ impl HttpContext for Http {
         if self.provider.is_none() || self.request_done || self.replied {
             return Action::Continue;
         }
-        self.reply(&ApiError::invalid_request(
-            "trailers_not_supported",
-            "request trailers are not supported on LLM API requests",
-        ))
+        self.refuse(&Refusal::Trailers)
     }
 
     fn on_http_response_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
@@ -498,11 +441,7 @@ impl HttpContext for Http {
             .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
         if encoded {
             // The filter asked for identity; a compressed answer cannot be checked, so it is not passed.
-            return self.reply(&ApiError::new(
-                ErrorKind::Unavailable,
-                "unreadable_response",
-                "the provider's response is compressed and could not be read for moderation",
-            ));
+            return self.refuse(&Refusal::CompressedResponse);
         }
         if content_type.starts_with("text/event-stream") {
             // Events pass as they come, rewritten; their length changes.
@@ -523,11 +462,7 @@ impl HttpContext for Http {
         if self.moderate_response && !self.replied {
             // The buffered JSON would be released unchecked with the trailers.
             self.moderate_response = false;
-            return self.reply(&ApiError::new(
-                ErrorKind::Unavailable,
-                "unreadable_response",
-                "responses with trailers cannot be moderated",
-            ));
+            return self.refuse(&Refusal::ResponseTrailers);
         }
         Action::Continue
     }
@@ -553,11 +488,7 @@ impl HttpContext for Http {
             Body::Wait(a) => a,
             Body::TooLarge(_) => {
                 self.moderate_response = false;
-                self.reply(&ApiError::new(
-                    ErrorKind::Unavailable,
-                    "response_too_large",
-                    "the provider's response is larger than the moderator reads",
-                ))
+                self.refuse(&Refusal::ResponseTooLarge)
             }
             Body::Complete(b) => {
                 self.moderate_response = false;

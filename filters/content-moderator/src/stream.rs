@@ -11,14 +11,11 @@
 //! `data: [DONE]` for OpenAI); everything after it is dropped. Events that carry no generated text
 //! (roles, usage, pings) pass unchanged.
 
-use crate::config::{Action, Rules};
+use crate::config::{Action, MAX_WINDOW, Rules};
 use crate::moderate;
 use filter_core::Provider;
 use filter_core::sse::{Event, SseParser};
 use serde_json::{Map, Value, json};
-
-/// A window may not grow past this (a match longer than this is released anyway).
-pub const MAX_WINDOW: usize = 16 * 1024;
 
 /// Which field of which event a window's text belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,7 @@ pub mod abi;
 pub mod body;
 pub mod call;
 pub mod config;
+pub mod configured;
 pub mod error;
 pub mod http;
 pub mod log;

@@ -9,6 +9,7 @@ use crate::config::{self, Config, KeySource, Unmatched};
 use crate::jwks::Jwks;
 use crate::native;
 use crate::reason::Reason;
+use filter_host::configured::Filter;
 use filter_host::metrics::{Family, Metric, Record as _};
 use filter_host::proxy_wasm::{self, traits::*, types::*};
 use filter_host::reply::send_error;
@@ -19,8 +20,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 proxy_wasm::main! {{
-    filter_host::init("jwt-auth");
-    proxy_wasm::set_root_context(|id| Box::new(Root { id, shared: None, calls: HashMap::new() }));
+    filter_host::configured::main::<Shared>("jwt-auth");
 }}
 
 /// Background timer of a VM with fetched keys (refresh and retry are checked at this pace).
@@ -56,35 +56,14 @@ struct Shared {
     waiters: RefCell<Vec<Vec<Waiter>>>,
     cache: RefCell<TokenCache>,
     metrics: RefCell<Metrics>,
+    /// The root's JWKS fetches in flight: call token → provider.
+    calls: RefCell<HashMap<u32, usize>>,
 }
 
 /// Seconds since the epoch. A clock the host cannot give reads as the end of time, so every token
 /// with an `exp` is expired (fail closed).
 fn now_s() -> u64 {
     abi::current_time_ns().map_or(u64::MAX, |ns| ns / 1_000_000_000)
-}
-
-struct Root {
-    id: u32,
-    shared: Option<Rc<Shared>>,
-    /// Fetch token → provider.
-    calls: HashMap<u32, usize>,
-}
-
-impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let Some(p) = self.calls.remove(&token) else {
-            return;
-        };
-        let Some(shared) = self.shared.clone() else { return };
-        let now = now_s();
-        let jwks = read_jwks(&shared, p, body_size);
-        count_fetch(&shared, jwks.is_some());
-        if let Some(k) = shared.keys.borrow_mut().get_mut(p) {
-            k.finished(now, jwks);
-        }
-        wake(&shared, p);
-    }
 }
 
 fn count_fetch(shared: &Shared, ok: bool) {
@@ -177,11 +156,9 @@ fn wake(shared: &Rc<Shared>, p: usize) {
     let _ = abi::set_effective_context(shared.root_id);
 }
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(config) = filter_host::config::load(config::compile) else {
-            return false;
-        };
+impl Filter for Shared {
+    fn configure(root_id: u32) -> Option<Self> {
+        let config = filter_host::config::load(config::compile)?;
         let keys: Vec<KeySet> = config.providers.iter().map(KeySet::for_provider).collect();
         let remote = keys.iter().any(|k| k.refresh.is_some());
         let metrics = Metrics {
@@ -195,22 +172,28 @@ impl RootContext for Root {
             cache_hits: Metric::counter("tollgate_jwt_auth_cache_hits"),
             cache_misses: Metric::counter("tollgate_jwt_auth_cache_misses"),
         };
-        self.shared = Some(Rc::new(Shared {
-            root_id: self.id,
+        // Fetched keys load at once, before traffic if the cluster is up.
+        let _ = root::set_tick_period(if remote { TICK_NOW } else { TICK });
+        Some(Self {
+            root_id,
             native: Cell::new(config.native_verify),
             waiters: RefCell::new(config.providers.iter().map(|_| Vec::new()).collect()),
             cache: RefCell::new(TokenCache::new(config.cache_entries)),
             keys: RefCell::new(keys),
             metrics: RefCell::new(metrics),
+            calls: RefCell::new(HashMap::new()),
             config,
-        }));
-        // Fetched keys load at once, before traffic if the cluster is up.
-        let _ = root::set_tick_period(if remote { TICK_NOW } else { TICK });
-        true
+        })
     }
 
-    fn on_tick(&mut self) {
-        let Some(shared) = self.shared.clone() else { return };
+    fn http_context(shared: &Rc<Self>, context_id: u32) -> Box<dyn HttpContext> {
+        Box::new(Http {
+            id: context_id,
+            shared: shared.clone(),
+        })
+    }
+
+    fn on_tick(shared: &Rc<Self>) {
         let now = now_s();
         let due: Vec<usize> = shared
             .keys
@@ -221,7 +204,7 @@ impl RootContext for Root {
             .map(|(i, _)| i)
             .collect();
         for p in due {
-            self.fetch(&shared, p, now);
+            fetch(shared, p, now);
         }
         let (hits, misses) = shared.cache.borrow_mut().take_counts();
         let m = shared.metrics.borrow();
@@ -235,53 +218,60 @@ impl RootContext for Root {
         let _ = root::set_tick_period(if wanted { TICK_NOW } else { TICK });
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http {
-            id: context_id,
-            shared: self.shared.clone()?,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn on_http_call_response(
+        shared: &Rc<Self>,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(p) = shared.calls.borrow_mut().remove(&token) else {
+            return;
+        };
+        let now = now_s();
+        let jwks = read_jwks(shared, p, body_size);
+        count_fetch(shared, jwks.is_some());
+        if let Some(k) = shared.keys.borrow_mut().get_mut(p) {
+            k.finished(now, jwks);
+        }
+        wake(shared, p);
     }
 }
 
-impl Root {
-    fn fetch(&mut self, shared: &Rc<Shared>, p: usize, now: u64) {
-        let Some(provider) = shared.config.providers.get(p) else {
-            return;
-        };
-        let KeySource::Remote(r) = &provider.keys else {
-            return;
-        };
-        if let Some(k) = shared.keys.borrow_mut().get_mut(p) {
-            k.started(now);
+/// Starts the JWKS fetch of provider `p` from the root context.
+fn fetch(shared: &Rc<Shared>, p: usize, now: u64) {
+    let Some(provider) = shared.config.providers.get(p) else {
+        return;
+    };
+    let KeySource::Remote(r) = &provider.keys else {
+        return;
+    };
+    if let Some(k) = shared.keys.borrow_mut().get_mut(p) {
+        k.started(now);
+    }
+    let headers = vec![
+        (":method", "GET"),
+        (":path", r.path.as_str()),
+        (":authority", r.authority.as_str()),
+        ("accept", "application/json"),
+    ];
+    match call::http(&r.cluster, headers, None, Duration::from_millis(r.timeout_ms)) {
+        Ok(token) => {
+            shared.calls.borrow_mut().insert(token, p);
         }
-        let headers = vec![
-            (":method", "GET"),
-            (":path", r.path.as_str()),
-            (":authority", r.authority.as_str()),
-            ("accept", "application/json"),
-        ];
-        match call::http(&r.cluster, headers, None, Duration::from_millis(r.timeout_ms)) {
-            Ok(token) => {
-                self.calls.insert(token, p);
+        Err(e) => {
+            log!(
+                Warn,
+                None,
+                "JWKS fetch for provider {} not started (cluster {}): {e}",
+                provider.name,
+                r.cluster
+            );
+            count_fetch(shared, false);
+            if let Some(k) = shared.keys.borrow_mut().get_mut(p) {
+                k.finished(now, None);
             }
-            Err(e) => {
-                log!(
-                    Warn,
-                    None,
-                    "JWKS fetch for provider {} not started (cluster {}): {e}",
-                    provider.name,
-                    r.cluster
-                );
-                count_fetch(shared, false);
-                if let Some(k) = shared.keys.borrow_mut().get_mut(p) {
-                    k.finished(now, None);
-                }
-                wake(shared, p);
-            }
+            wake(shared, p);
         }
     }
 }

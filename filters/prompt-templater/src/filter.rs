@@ -3,11 +3,12 @@
 //! and `content-length` dropped before anything leaves.
 
 use crate::config::{self, Config, Decorator};
+use crate::refusal::Refusal;
 use crate::render::{self, RenderError};
-use filter_core::error::redact_quoted;
 use filter_core::hash::Fnv;
-use filter_core::{ApiError, Provider, headers};
+use filter_core::{Provider, headers};
 use filter_host::body::{self, Body};
+use filter_host::configured::Filter;
 use filter_host::metrics::{Family, Record as _};
 use filter_host::proxy_wasm::{self, traits::*, types::*};
 use filter_host::reply::send_error;
@@ -18,8 +19,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 proxy_wasm::main! {{
-    filter_host::init("prompt-templater");
-    proxy_wasm::set_root_context(|_| Box::new(Root { shared: None }));
+    filter_host::configured::main::<Shared>("prompt-templater");
 }}
 
 struct Metrics {
@@ -69,28 +69,19 @@ struct Shared {
     metrics: RefCell<Metrics>,
 }
 
-struct Root {
-    shared: Option<Rc<Shared>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(config) = filter_host::config::load(config::compile) else {
-            return false;
-        };
-        self.shared = Some(Rc::new(Shared {
+impl Filter for Shared {
+    fn configure(_root_id: u32) -> Option<Self> {
+        let config = filter_host::config::load(config::compile)?;
+        Some(Self {
             metrics: RefCell::new(Metrics::new(&config)),
             config,
-        }));
-        true
+        })
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http {
+    fn http_context(shared: &Rc<Self>, context_id: u32) -> Box<dyn HttpContext> {
+        Box::new(Http {
             id: context_id,
-            shared: self.shared.clone()?,
+            shared: shared.clone(),
             provider: None,
             path: String::new(),
             select: None,
@@ -98,11 +89,7 @@ impl RootContext for Root {
             chosen: None,
             replied: false,
             done: false,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        })
     }
 }
 
@@ -121,9 +108,10 @@ struct Http {
 }
 
 impl Http {
-    fn reply(&mut self, err: &ApiError) -> Action {
+    /// Answers the request itself: the one place a refusal becomes a reply.
+    fn refuse(&mut self, why: Refusal) -> Action {
         self.replied = true;
-        send_error(self.id, err, &[]);
+        send_error(self.id, &why.to_error(), &[]);
         Action::Pause
     }
 
@@ -151,10 +139,7 @@ impl Http {
             Ok(b) => b,
             Err(e) => {
                 shared.metrics.borrow_mut().error(None, "invalid_body");
-                return self.reply(&ApiError::invalid_request(
-                    "invalid_request_body",
-                    format!("invalid request body: {}", redact_quoted(&e.to_string())),
-                ));
+                return self.refuse(Refusal::invalid_body(&e));
             }
         };
         let ask = match render::take_ask(&mut body, self.select.as_deref()) {
@@ -164,7 +149,7 @@ impl Http {
                     .metrics
                     .borrow_mut()
                     .error(None, "invalid_template_request");
-                return self.reply(&e);
+                return self.refuse(Refusal::Request(e));
             }
         };
         let rendered = match &ask {
@@ -184,7 +169,7 @@ impl Http {
                         };
                         shared.metrics.borrow_mut().error(template, e.reason());
                         log!(Info, Some(self.id), "template not rendered: {}", e.reason());
-                        return self.reply(&e.to_api());
+                        return self.refuse(Refusal::Render(e));
                     }
                 }
             }
@@ -195,26 +180,18 @@ impl Http {
         if let Err(e) = render::apply(&mut body, provider, rendered.as_ref(), &decorators) {
             let template = ask.as_ref().map(|a| a.id.as_str());
             shared.metrics.borrow_mut().error(template, e.code);
-            return self.reply(&e);
+            return self.refuse(Refusal::Request(e));
         }
         let new_body = match serde_json::to_vec(&body) {
             Ok(b) => b,
             Err(e) => {
                 log!(Error, Some(self.id), "cannot serialise the body: {e}");
-                return self.reply(&ApiError::new(
-                    filter_core::ErrorKind::Internal,
-                    "internal",
-                    "the gateway could not rewrite the request",
-                ));
+                return self.refuse(Refusal::RewriteFailed);
             }
         };
         if let Err(s) = body::replace(BufferType::HttpRequestBody, bytes.len(), &new_body) {
             log!(Error, Some(self.id), "cannot rewrite the body: {s:?}");
-            return self.reply(&ApiError::new(
-                filter_core::ErrorKind::Internal,
-                "internal",
-                "the gateway could not rewrite the request",
-            ));
+            return self.refuse(Refusal::RewriteFailed);
         }
         let _ = http::set_request_header(self.id, "content-length", None);
         if let Some(r) = &rendered {
@@ -253,10 +230,7 @@ impl HttpContext for Http {
             // Without a body there is nothing to render into.
             let select_header = self.shared.config.select_header.clone();
             if http::request_header(self.id, &select_header).is_some() {
-                return self.reply(&ApiError::invalid_request(
-                    "invalid_request_body",
-                    "a templated request needs a JSON body",
-                ));
+                return self.refuse(Refusal::NeedsBody);
             }
             return Action::Continue;
         }
@@ -292,7 +266,7 @@ impl HttpContext for Http {
         let limit = self.shared.config.max_body_bytes;
         match body::collect(BufferType::HttpRequestBody, body_size, end_of_stream, limit) {
             Body::Wait(a) => a,
-            Body::TooLarge(e) => self.reply(&e),
+            Body::TooLarge(_) => self.refuse(Refusal::TooLarge { limit }),
             Body::Complete(b) => {
                 self.done = true;
                 self.on_body(provider, &b)
@@ -305,10 +279,7 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         // The body ended without end_of_stream: it would go on unrendered.
-        self.reply(&ApiError::invalid_request(
-            "trailers_not_supported",
-            "request trailers are not supported on LLM API requests",
-        ))
+        self.refuse(Refusal::Trailers)
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {

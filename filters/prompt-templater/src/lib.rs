@@ -7,6 +7,7 @@
 //! in [`render`], configuration in [`config`].
 
 pub mod config;
+pub mod refusal;
 pub mod render;
 pub mod template;
 

@@ -5,7 +5,7 @@
 //! messages go to the top-level `system` in that same order, around the client's own system prompt.
 
 use crate::config::{Decorator, Position};
-use crate::template::{Library, Template, VariableError};
+use crate::template::{Library, Template, VariableError, shown};
 use filter_core::{ApiError, ErrorKind, Provider};
 use serde_json::{Map, Value, json};
 
@@ -24,20 +24,6 @@ pub struct Ask {
 
 fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::InvalidRequest, code, message)
-}
-
-/// Client-chosen text shown in an error: at most 64 characters, control characters replaced, so a
-/// reply (and its log line) cannot be flooded or forge log lines.
-pub fn shown(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if s.chars().nth(64).is_some() {
-        out.push('…');
-    }
-    out
 }
 
 /// Splits a select-header value `id` or `id@version`.

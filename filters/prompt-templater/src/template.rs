@@ -4,9 +4,23 @@
 //! concatenates the pieces with the checked variable values: a value is never parsed again, so
 //! `{{...}}`, role markers or JSON in it stay literal text inside its own message.
 
-use crate::config::ConfigError;
+use filter_core::config::ConfigError;
 use serde_json::Value;
 use std::collections::BTreeMap;
+
+/// Client-chosen text shown in an error: at most 64 characters, control characters replaced, so a
+/// reply (and its log line) cannot be flooded or forge log lines.
+pub fn shown(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().nth(64).is_some() {
+        out.push('…');
+    }
+    out
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {
@@ -191,11 +205,7 @@ impl Template {
             return Err(VariableError {
                 variable: unknown.clone(),
                 rule: "declared",
-                message: format!(
-                    "template `{}` has no variable `{}`",
-                    self.id,
-                    crate::render::shown(unknown)
-                ),
+                message: format!("template `{}` has no variable `{}`", self.id, shown(unknown)),
             });
         }
         self.variables

@@ -9,6 +9,7 @@ use crate::entry::{self, Entry, Recorder};
 use crate::key::{self, Bypass, Context as KeyContext, Keyed};
 use filter_core::{Provider, headers};
 use filter_host::body::{self as host_body, Body};
+use filter_host::configured::Filter;
 use filter_host::metrics::{Family, Metric, Record as _};
 use filter_host::proxy_wasm::{self, traits::*, types::*};
 use filter_host::shared as shared_data;
@@ -19,8 +20,7 @@ use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
-    filter_host::init("response-cache");
-    proxy_wasm::set_root_context(|id| Box::new(Root { id, shared: None }));
+    filter_host::configured::main::<Shared>("response-cache");
 }}
 
 /// Request headers that select a template, route, upstream or provider feature: part of the key.
@@ -95,55 +95,24 @@ impl Shared {
     }
 }
 
-struct Root {
-    id: u32,
-    shared: Option<Rc<Shared>>,
-}
-
-impl Context for Root {
-    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, size: usize) {
-        let Some(shared) = &self.shared else { return };
-        if let Err(e) = sidecar::reply::<v1::CacheStoreResponse>(status_code, size) {
-            shared.metrics.borrow().sidecar_errors.inc();
-            log!(Warn, None, "cache store in the sidecar failed: {e}");
-        }
-    }
-}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(config) = filter_host::config::load(config::compile) else {
-            return false;
-        };
-        self.shared = Some(Rc::new(Shared {
+impl Filter for Shared {
+    fn configure(root_id: u32) -> Option<Self> {
+        let config = filter_host::config::load(config::compile)?;
+        Some(Self {
             sidecar: config
                 .uses_sidecar()
                 .then(|| Sidecar::new(config.sidecar.clone())),
             config,
             metrics: RefCell::new(Metrics::new()),
-            root_id: self.id,
+            root_id,
             stores: RefCell::new(Vec::new()),
-        }));
-        true
+        })
     }
 
-    fn on_tick(&mut self) {
-        let _ = root::set_tick_period(Duration::ZERO);
-        let Some(shared) = self.shared.clone() else { return };
-        let Some(sidecar) = &shared.sidecar else { return };
-        let queued = std::mem::take(&mut *shared.stores.borrow_mut());
-        for req in queued {
-            if let Err(e) = sidecar.cache_store(&req) {
-                shared.metrics.borrow().sidecar_errors.inc();
-                log!(Warn, None, "cache store in the sidecar not sent: {e}");
-            }
-        }
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http {
+    fn http_context(shared: &Rc<Self>, context_id: u32) -> Box<dyn HttpContext> {
+        Box::new(Http {
             id: context_id,
-            shared: self.shared.clone()?,
+            shared: shared.clone(),
             provider: None,
             scope: String::new(),
             semantic_scope: None,
@@ -155,11 +124,27 @@ impl RootContext for Root {
             looking_up: false,
             served: false,
             record: Record::None,
-        }))
+        })
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    /// Sends the stores streams queued (a stream's own calls die with it).
+    fn on_tick(this: &Rc<Self>) {
+        let _ = root::set_tick_period(Duration::ZERO);
+        let Some(sidecar) = &this.sidecar else { return };
+        let queued = std::mem::take(&mut *this.stores.borrow_mut());
+        for req in queued {
+            if let Err(e) = sidecar.cache_store(&req) {
+                this.metrics.borrow().sidecar_errors.inc();
+                log!(Warn, None, "cache store in the sidecar not sent: {e}");
+            }
+        }
+    }
+
+    fn on_grpc_call_response(this: &Rc<Self>, _token: u32, status_code: u32, size: usize) {
+        if let Err(e) = sidecar::reply::<v1::CacheStoreResponse>(status_code, size) {
+            this.metrics.borrow().sidecar_errors.inc();
+            log!(Warn, None, "cache store in the sidecar failed: {e}");
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 pub use filter_core::config::{ConfigError, FailureMode};
 
-use crate::decide::Index;
+use crate::index::Index;
 use filter_core::config::{REGEX_SIZE_LIMIT, SidecarConfig};
 use filter_core::headers;
 use regex::{RegexSet, RegexSetBuilder};
@@ -13,7 +13,7 @@ use serde::Deserialize;
 /// Bounds that keep a VM's memory and a configure-time sidecar call small.
 pub const MAX_ROUTES: usize = 64;
 pub const MAX_EXAMPLES: usize = 1024;
-pub const MAX_DIMENSION: usize = 4096;
+pub use crate::index::MAX_DIMENSION;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

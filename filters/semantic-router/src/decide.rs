@@ -2,8 +2,31 @@
 //! keyword fast path, and the nearest example by cosine similarity.
 
 use crate::config::{Config, Source};
+pub use crate::index::Index;
 use filter_core::api::Request;
-use filter_core::prompt;
+use filter_core::{ApiError, ErrorKind, prompt};
+
+/// Why the router answers a request itself (every other outcome routes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The decision needed the sidecar, it did not answer, and `failure_mode` is `closed`.
+    RoutingUnavailable,
+    /// The body is over `max_body_bytes`.
+    TooLarge { limit: usize },
+}
+
+impl Refusal {
+    pub fn to_error(self) -> ApiError {
+        match self {
+            Self::RoutingUnavailable => ApiError::new(
+                ErrorKind::Unavailable,
+                "routing_unavailable",
+                "the semantic router could not reach the inference sidecar; the request was not sent",
+            ),
+            Self::TooLarge { limit } => ApiError::too_large(limit),
+        }
+    }
+}
 
 /// How a decision was made (the `method` in metrics and filter state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,91 +95,6 @@ impl Decision {
             method,
             score: None,
         }
-    }
-}
-
-/// Example vectors, L2-normalised, in one flat buffer (`dim` floats per row).
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Index {
-    dim: usize,
-    data: Vec<f32>,
-    route: Vec<usize>,
-}
-
-impl Index {
-    pub fn len(&self) -> usize {
-        self.route.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.route.is_empty()
-    }
-
-    pub fn dimension(&self) -> usize {
-        self.dim
-    }
-
-    /// Adds one example of `route`, normalised. The first vector fixes the dimension.
-    pub fn push(&mut self, route: usize, v: &[f32]) -> Result<(), String> {
-        if v.is_empty() || v.len() > crate::config::MAX_DIMENSION {
-            return Err(format!(
-                "a vector needs 1..={} values, not {}",
-                crate::config::MAX_DIMENSION,
-                v.len()
-            ));
-        }
-        if self.dim != 0 && v.len() != self.dim {
-            return Err(format!("{} values; the other vectors have {}", v.len(), self.dim));
-        }
-        if v.iter().any(|x| !x.is_finite()) {
-            return Err("values must be finite numbers".to_owned());
-        }
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if norm < 1e-6 {
-            return Err("the zero vector has no direction".to_owned());
-        }
-        self.dim = v.len();
-        self.data.extend(v.iter().map(|x| x / norm));
-        self.route.push(route);
-        Ok(())
-    }
-
-    /// Each route's score for `q` (a normalised vector): the mean of its `k` most similar examples
-    /// (`k` = 1: the nearest one). Routes without examples score `f32::NEG_INFINITY`. `scratch` holds
-    /// `routes × k` similarities between calls. `None` when `q` has another dimension.
-    pub fn scores(
-        &self,
-        q: &[f32],
-        routes: usize,
-        k: usize,
-        scratch: &mut Vec<f32>,
-        out: &mut Vec<f32>,
-    ) -> Option<()> {
-        if q.len() != self.dim || self.dim == 0 || k == 0 {
-            return None;
-        }
-        scratch.clear();
-        scratch.resize(routes * k, f32::NEG_INFINITY);
-        for (row, &r) in self.data.chunks_exact(self.dim).zip(&self.route) {
-            let s: f32 = row.iter().zip(q).map(|(a, b)| a * b).sum();
-            // This route's top k, best first: insert `s` where it belongs, dropping the last.
-            let Some(top) = scratch.get_mut(r * k..(r + 1) * k) else {
-                continue;
-            };
-            if let Some(pos) = top.iter().position(|&t| s > t) {
-                top[pos..].rotate_right(1);
-                top[pos] = s;
-            }
-        }
-        out.clear();
-        out.extend(scratch.chunks_exact(k).map(|top| {
-            let (sum, n) = top
-                .iter()
-                .filter(|t| t.is_finite())
-                .fold((0.0f32, 0u32), |(sum, n), t| (sum + t, n + 1));
-            if n == 0 { f32::NEG_INFINITY } else { sum / n as f32 }
-        }));
-        Some(())
     }
 }
 
@@ -247,6 +185,14 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
 
     use super::*;
+
+    #[test]
+    fn refusals_have_their_status_and_code() {
+        let e = Refusal::RoutingUnavailable.to_error();
+        assert_eq!((e.status(), e.code), (503, "routing_unavailable"));
+        let e = Refusal::TooLarge { limit: 9 }.to_error();
+        assert_eq!((e.status(), e.code), (413, "request_too_large"));
+    }
     use crate::config::{RawConfig, compile};
     use filter_core::Provider;
     use filter_core::config::parse;

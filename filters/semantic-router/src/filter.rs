@@ -4,31 +4,24 @@
 //! Envoy pick the route again — and lets the request go.
 
 use crate::config::{self, ClientRoute, Config, FailureMode};
-use crate::decide::{self, Decision, Index, Method};
+use crate::decide::{self, Decision, Index, Method, Refusal};
 use filter_core::api::Request;
-use filter_core::config::SidecarConfig;
-use filter_core::{ApiError, ErrorKind, Provider, headers};
+use filter_core::{Provider, headers};
 use filter_host::body::{self as host_body, Body};
+use filter_host::configured::Filter;
 use filter_host::metrics::{Family, Metric, Record as _};
 use filter_host::proxy_wasm::{self, traits::*, types::*};
 use filter_host::reply::send_error;
 use filter_host::sidecar::{self, Sidecar, v1};
 use filter_host::{http, log, root, state};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
+mod examples;
+
 proxy_wasm::main! {{
-    filter_host::init("semantic-router");
-    proxy_wasm::set_root_context(|id| Box::new(Root {
-        id,
-        shared: None,
-        calls: HashMap::new(),
-        fetched: Vec::new(),
-        failed: false,
-        attempt: 0,
-    }));
+    filter_host::configured::main::<Shared>("semantic-router");
 }}
 
 /// Texts per `Embed` call when loading examples (the sidecar accepts 64 by default).
@@ -88,6 +81,7 @@ struct Shared {
     root_id: u32,
     /// Example calls are in flight.
     loading: Cell<bool>,
+    loader: RefCell<examples::Loader>,
     last_attempt: Cell<SystemTime>,
 }
 
@@ -117,206 +111,57 @@ impl Shared {
     }
 }
 
-struct Root {
-    id: u32,
-    shared: Option<Rc<Shared>>,
-    /// Example-loading calls in flight: token → index of the first example in the batch.
-    calls: HashMap<u32, usize>,
-    fetched: Vec<Option<Vec<f32>>>,
-    failed: bool,
-    attempt: u32,
-}
-
-impl Root {
-    /// Starts one round of `Embed` calls for every pending example.
-    fn load_examples(&mut self) {
-        let Some(shared) = self.shared.clone() else { return };
-        let cfg = &shared.config;
-        let loader = Sidecar::new(SidecarConfig {
-            cluster: cfg.sidecar.cluster.clone(),
-            timeout_ms: EXAMPLE_TIMEOUT_MS,
-        });
-        self.fetched = vec![None; cfg.pending.len()];
-        self.failed = false;
-        self.attempt += 1;
-        shared.last_attempt.set(root::now());
-        for (n, batch) in cfg.pending.chunks(EXAMPLE_BATCH).enumerate() {
-            // Cut like a request's text, so an example and a prompt are read alike.
-            let texts = batch
-                .iter()
-                .map(|(_, t)| decide::truncate(t, cfg.input.max_bytes()).to_owned())
-                .collect();
-            match loader.embed(texts) {
-                Ok(token) => {
-                    self.calls.insert(token, n * EXAMPLE_BATCH);
-                }
-                Err(e) => {
-                    log!(
-                        Critical,
-                        None,
-                        "route examples cannot be embedded: {e}; check sidecar.cluster"
-                    );
-                    shared.broken.set(true);
-                }
-            }
-        }
-        self.finish_round();
-    }
-
-    /// After the last call of a round: installs the index, or schedules the next attempt.
-    fn finish_round(&mut self) {
-        let Some(shared) = self.shared.clone() else { return };
-        shared.loading.set(!self.calls.is_empty());
-        if !self.calls.is_empty() || shared.broken.get() {
-            let _ = root::set_tick_period(Duration::ZERO);
-            return;
-        }
-        if !self.failed && self.fetched.iter().any(Option::is_none) {
-            log!(
-                Warn,
-                None,
-                "route examples: the sidecar answered fewer vectors than texts"
-            );
-            self.failed = true;
-        }
-        if self.failed {
-            let wait = RETRY_FIRST
-                .saturating_mul(1 << self.attempt.min(6))
-                .min(RETRY_MAX);
-            log!(
-                Warn,
-                None,
-                "route examples not embedded (attempt {}); retrying in {} ms, meanwhile requests that need the sidecar go by failure_mode",
-                self.attempt,
-                wait.as_millis()
-            );
-            let _ = root::set_tick_period(wait);
-            return;
-        }
-        let _ = root::set_tick_period(Duration::ZERO);
-        let cfg = &shared.config;
-        let mut index = cfg.index.clone();
-        for ((route, _), v) in cfg.pending.iter().zip(std::mem::take(&mut self.fetched)) {
-            let pushed = v
-                .ok_or_else(|| "missing".to_owned())
-                .and_then(|v| index.push(*route, &v));
-            if let Err(e) = pushed {
-                let hint = if cfg.index.is_empty() {
-                    ""
-                } else {
-                    " (are the precomputed `embeddings` from the sidecar's model?)"
-                };
-                log!(Critical, None, "route examples cannot be used: {e}{hint}");
-                shared.broken.set(true);
-                return;
-            }
-        }
-        log!(
-            Info,
-            None,
-            "route examples ready: {} vectors of dimension {} over {} routes",
-            index.len(),
-            index.dimension(),
-            cfg.routes.len()
-        );
-        shared.ready(index);
-    }
-}
-
-impl Context for Root {
-    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, size: usize) {
-        let Some(start) = self.calls.remove(&token) else {
-            return;
-        };
-        match sidecar::reply::<v1::EmbedResponse>(status_code, size) {
-            Ok(r) => {
-                for (i, e) in r.embeddings.into_iter().enumerate() {
-                    if e.truncated {
-                        log!(
-                            Warn,
-                            None,
-                            "route example #{} is longer than the model reads; it was cut",
-                            start + i
-                        );
-                    }
-                    if let Some(slot) = self.fetched.get_mut(start + i) {
-                        *slot = Some(e.values);
-                    }
-                }
-            }
-            Err(e) if e.is_invalid_argument() => {
-                // Retrying cannot help: an example the sidecar refuses (too long, too many).
-                log!(
-                    Critical,
-                    None,
-                    "route examples #{start}… refused by the sidecar: {e}; fix the examples or the sidecar's limits"
-                );
-                if let Some(s) = &self.shared {
-                    s.broken.set(true);
-                }
-            }
-            Err(e) => {
-                log!(Warn, None, "route examples: {e}");
-                self.failed = true;
-            }
-        }
-        self.finish_round();
-    }
-}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(config) = filter_host::config::load(config::compile) else {
-            return false;
-        };
+impl Filter for Shared {
+    fn configure(root_id: u32) -> Option<Self> {
+        let config = filter_host::config::load(config::compile)?;
         let ready = config.pending.is_empty();
-        let shared = Rc::new(Shared {
+        let shared = Self {
             metrics: RefCell::new(Metrics::new(&config)),
             sidecar: Sidecar::new(config.sidecar.clone()),
             index: RefCell::new(None),
             scratch: RefCell::new(decide::Scratch::default()),
             broken: Cell::new(false),
-            root_id: self.id,
+            root_id,
             loading: Cell::new(false),
+            loader: RefCell::new(examples::Loader::default()),
             last_attempt: Cell::new(root::now()),
             config,
-        });
+        };
         if ready {
             shared.ready(shared.config.index.clone());
-        }
-        self.shared = Some(shared);
-        if !ready {
+        } else {
             // The first tick starts the calls: a root context's calls must start from a root callback.
             let _ = root::set_tick_period(Duration::from_millis(1));
         }
-        true
+        Some(shared)
     }
 
-    fn on_tick(&mut self) {
-        let waiting = self
-            .shared
-            .as_ref()
-            .is_some_and(|s| s.index.borrow().is_none() && !s.broken.get());
-        if waiting && self.calls.is_empty() {
-            self.load_examples();
+    fn http_context(shared: &Rc<Self>, context_id: u32) -> Box<dyn HttpContext> {
+        Box::new(Http {
+            id: context_id,
+            shared: shared.clone(),
+            provider: None,
+            body: Vec::new(),
+            embedding: None,
+            done: false,
+        })
+    }
+
+    fn on_tick(shared: &Rc<Self>) {
+        let waiting = shared.index.borrow().is_none() && !shared.broken.get();
+        let mut loader = shared.loader.borrow_mut();
+        if waiting && loader.idle() {
+            loader.load_examples(shared);
         } else {
             let _ = root::set_tick_period(Duration::ZERO);
         }
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http {
-            id: context_id,
-            shared: self.shared.clone()?,
-            provider: None,
-            body: Vec::new(),
-            embedding: None,
-            done: false,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn on_grpc_call_response(shared: &Rc<Self>, token: u32, status_code: u32, size: usize) {
+        shared
+            .loader
+            .borrow_mut()
+            .on_reply(shared, token, status_code, size);
     }
 }
 
@@ -333,6 +178,12 @@ struct Http {
 }
 
 impl Http {
+    /// Answers the request itself: the one place a refusal becomes a reply.
+    fn refuse(&self, why: Refusal) -> Action {
+        send_error(self.id, &why.to_error(), &[]);
+        Action::Pause
+    }
+
     /// Acts on a decision: sets the route header and filter state, rewrites `model` when the route
     /// says so, counts it. `paused`: the request waits in the body phase and must be resumed.
     fn apply(&mut self, d: Decision, paused: bool) -> Action {
@@ -344,16 +195,7 @@ impl Http {
             if let Some(c) = shared.metrics.borrow_mut().methods.get(d.method.name()) {
                 c.inc();
             }
-            send_error(
-                self.id,
-                &ApiError::new(
-                    ErrorKind::Unavailable,
-                    "routing_unavailable",
-                    "the semantic router could not reach the inference sidecar; the request was not sent",
-                ),
-                &[],
-            );
-            return Action::Pause;
+            return self.refuse(Refusal::RoutingUnavailable);
         }
         let Some(route) = cfg.routes.get(d.route) else {
             return self.resume(paused);
@@ -555,10 +397,11 @@ impl HttpContext for Http {
             self.shared.config.max_body_bytes,
         ) {
             Body::Wait(a) => a,
-            Body::TooLarge(e) => {
+            Body::TooLarge(_) => {
                 self.done = true;
-                send_error(self.id, &e, &[]);
-                Action::Pause
+                self.refuse(Refusal::TooLarge {
+                    limit: self.shared.config.max_body_bytes,
+                })
             }
             Body::Complete(b) => self.decide(provider, b),
         }

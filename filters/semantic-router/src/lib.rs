@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod decide;
+pub mod index;
 
 #[cfg(not(all(test, target_arch = "wasm32")))]
 mod filter;
