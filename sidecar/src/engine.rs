@@ -4,7 +4,7 @@
 //! pad a whole batch. Recent embeddings are served from an LRU keyed by the text.
 
 use crate::metrics::Metrics;
-use crate::model::{Embedded, Embedder, Encoded, ModelError};
+use crate::model::{Embedded, Encoded, Encoder, ModelError};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use lru::LruCache;
 use std::num::NonZeroUsize;
@@ -41,17 +41,17 @@ pub struct Engine {
     tx: Sender<Job>,
     queue_cap: usize,
     lru: Mutex<LruCache<Arc<str>, Arc<Embedded>>>,
-    pub embedder: Arc<Embedder>,
+    pub embedder: Arc<dyn Encoder>,
     metrics: Arc<Metrics>,
 }
 
 impl Engine {
     pub fn start(
-        embedder: Embedder,
+        embedder: impl Encoder,
         cfg: &EngineConfig,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Arc<Self>> {
-        let embedder = Arc::new(embedder);
+        let embedder: Arc<dyn Encoder> = Arc::new(embedder);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.queue.max(1));
         for i in 0..cfg.workers.max(1) {
             let rx = rx.clone();
@@ -60,7 +60,7 @@ impl Engine {
             let cfg = cfg.clone();
             std::thread::Builder::new()
                 .name(format!("inference-{i}"))
-                .spawn(move || worker(&rx, &embedder, &cfg, &metrics))?;
+                .spawn(move || worker(&rx, embedder.as_ref(), &cfg, &metrics))?;
         }
         let lru = LruCache::new(NonZeroUsize::new(cfg.lru_entries.max(1)).unwrap_or(NonZeroUsize::MIN));
         Ok(Arc::new(Self {
@@ -126,7 +126,7 @@ impl Engine {
 /// An inference thread: takes jobs, or helps another thread's forward pass while it has none.
 /// It runs inside a one-thread rayon pool of its own, so candle's parallel loops run inline
 /// instead of being handed to another thread and waited for.
-fn worker(rx: &Receiver<Job>, embedder: &Embedder, cfg: &EngineConfig, metrics: &Metrics) {
+fn worker(rx: &Receiver<Job>, embedder: &dyn Encoder, cfg: &EngineConfig, metrics: &Metrics) {
     match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
         Ok(pool) => pool.install(|| serve(rx, embedder, cfg, metrics)),
         Err(e) => {
@@ -136,7 +136,9 @@ fn worker(rx: &Receiver<Job>, embedder: &Embedder, cfg: &EngineConfig, metrics: 
     }
 }
 
-fn serve(rx: &Receiver<Job>, embedder: &Embedder, cfg: &EngineConfig, metrics: &Metrics) {
+fn serve(rx: &Receiver<Job>, embedder: &dyn Encoder, cfg: &EngineConfig, metrics: &Metrics) {
+    let never = crossbeam_channel::never();
+    let invitations = embedder.invitations().unwrap_or(&never);
     loop {
         // Own jobs first; help another pass only while none is queued.
         let first = crossbeam_channel::select_biased! {
@@ -144,7 +146,7 @@ fn serve(rx: &Receiver<Job>, embedder: &Embedder, cfg: &EngineConfig, metrics: &
                 Ok(job) => job,
                 Err(_) => return,
             },
-            recv(embedder.invitations()) -> team => {
+            recv(invitations) -> team => {
                 if let Some(team) = team.ok().and_then(|t| t.upgrade()) {
                     team.help(|| !rx.is_empty());
                 }
@@ -196,7 +198,7 @@ fn serve(rx: &Receiver<Job>, embedder: &Embedder, cfg: &EngineConfig, metrics: &
 
 /// Runs every text of `jobs`, sorted by length and chunked, and hands each job its vectors in order.
 fn run(
-    embedder: &Embedder,
+    embedder: &dyn Encoder,
     jobs: &[Job],
     cfg: &EngineConfig,
     metrics: &Metrics,
@@ -242,4 +244,223 @@ fn run(
                 .ok_or_else(|| ModelError::Tokenizer("missing output".into()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A model that is fast and predictable: one token per byte, a vector that encodes the text's
+    /// length and first byte, and a record of every batch it was given.
+    #[derive(Default)]
+    struct Fake {
+        batches: Mutex<Vec<Vec<usize>>>,
+        encoded: AtomicUsize,
+        /// Passes begun.
+        entered: AtomicUsize,
+        /// Held by a test to stall the worker inside a pass.
+        gate: Mutex<()>,
+    }
+
+    impl Fake {
+        /// Waits until the inference thread is inside its `n`th pass.
+        async fn inside(&self, n: usize) {
+            for _ in 0..2000 {
+                if self.entered.load(Ordering::Relaxed) >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            panic!("no pass began");
+        }
+    }
+
+    impl Encoder for Arc<Fake> {
+        fn name(&self) -> &str {
+            "fake"
+        }
+
+        fn dimension(&self) -> usize {
+            2
+        }
+
+        fn encode(&self, text: &str) -> Result<Encoded, ModelError> {
+            self.encoded.fetch_add(1, Ordering::Relaxed);
+            if text == "boom" {
+                return Err(ModelError::Tokenizer("boom".into()));
+            }
+            Ok(Encoded {
+                ids: text.bytes().map(u32::from).collect(),
+                truncated: false,
+            })
+        }
+
+        fn embed_encoded(&self, batch: &[&Encoded]) -> Result<Vec<Embedded>, ModelError> {
+            self.entered.fetch_add(1, Ordering::Relaxed);
+            let _held = self.gate.lock().unwrap();
+            self.batches
+                .lock()
+                .unwrap()
+                .push(batch.iter().map(|e| e.ids.len()).collect());
+            Ok(batch
+                .iter()
+                .map(|e| Embedded {
+                    vector: vec![e.ids.len() as f32, e.ids.first().copied().unwrap_or(0) as f32],
+                    tokens: e.ids.len() as u32,
+                    truncated: false,
+                })
+                .collect())
+        }
+    }
+
+    fn engine(fake: &Arc<Fake>, cfg: EngineConfig) -> (Arc<Engine>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        (
+            Engine::start(fake.clone(), &cfg, metrics.clone()).unwrap(),
+            metrics,
+        )
+    }
+
+    fn cfg() -> EngineConfig {
+        EngineConfig {
+            workers: 1,
+            queue: 64,
+            max_batch: 4,
+            max_batch_tokens: 1000,
+            lru_entries: 16,
+        }
+    }
+
+    fn expected(text: &str) -> Vec<f32> {
+        vec![text.len() as f32, text.bytes().next().unwrap_or(0) as f32]
+    }
+
+    #[tokio::test]
+    async fn each_text_gets_its_own_vector_in_order_and_repeats_come_from_the_lru() {
+        let fake = Arc::new(Fake::default());
+        let (engine, metrics) = engine(&fake, cfg());
+        let texts: Vec<String> = ["a", "bbb", "cc", "a"].map(String::from).to_vec();
+        let out = engine.embed(&texts).await.unwrap();
+        for (t, e) in texts.iter().zip(&out) {
+            assert_eq!(e.vector, expected(t), "{t}");
+        }
+        let again = engine.embed(&texts[..2]).await.unwrap();
+        assert_eq!(again[1].vector, expected("bbb"));
+        // "a" twice in the first call is computed twice (the LRU fills after the call); the second
+        // call is all hits.
+        assert_eq!(fake.encoded.load(Ordering::Relaxed), 4);
+        assert_eq!(metrics.lru_hits.get(), 2);
+        assert_eq!(metrics.lru_misses.get(), 4);
+    }
+
+    // The test holds the fake's gate across awaits on purpose: it stalls the inference thread.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn queued_texts_are_batched_by_length_within_the_limits() {
+        let fake = Arc::new(Fake::default());
+        let cfg = EngineConfig {
+            max_batch: 3,
+            max_batch_tokens: 12,
+            ..cfg()
+        };
+        let (engine, _) = engine(&fake, cfg);
+        // Stall the worker so that every request below is queued before the next pass.
+        let held = fake.gate.lock().unwrap();
+        let first = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.embed(&["x".to_owned()]).await })
+        };
+        fake.inside(1).await;
+        let mut tasks = Vec::new();
+        for t in ["aaaaaa", "b", "cc", "dddd", "e", "ff"] {
+            let engine = engine.clone();
+            tasks.push(tokio::spawn(
+                async move { (t, engine.embed(&[t.to_owned()]).await) },
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        first.await.unwrap().unwrap();
+        for t in tasks {
+            let (text, out) = t.await.unwrap();
+            assert_eq!(out.unwrap()[0].vector, expected(text));
+        }
+        let batches = fake.batches.lock().unwrap().clone();
+        assert_eq!(batches.first(), Some(&vec![1]), "the stalled pass");
+        for b in &batches[1..] {
+            assert!(b.len() <= 3, "{batches:?}");
+            assert!(
+                b.windows(2).all(|w| w[0] <= w[1]),
+                "sorted by length: {batches:?}"
+            );
+            assert!(b.len() * b.last().unwrap() <= 12, "padded tokens: {batches:?}");
+        }
+        let total: usize = batches.iter().map(Vec::len).sum();
+        assert_eq!(total, 7);
+        assert!(
+            batches.len() < 7,
+            "texts waiting together share passes: {batches:?}"
+        );
+    }
+
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn a_full_queue_is_refused_and_abandoned_work_is_skipped() {
+        let fake = Arc::new(Fake::default());
+        let (engine, metrics) = engine(
+            &fake,
+            EngineConfig {
+                queue: 2,
+                max_batch: 1,
+                ..cfg()
+            },
+        );
+        let held = fake.gate.lock().unwrap();
+        let running = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.embed(&["running".to_owned()]).await })
+        };
+        fake.inside(1).await;
+        // Two wait in the queue; their callers go away.
+        for t in ["gone1", "gone2"] {
+            let engine = engine.clone();
+            let task = tokio::spawn(async move { engine.embed(&[t.to_owned()]).await });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            task.abort();
+            // Awaited, the aborted task has been dropped, and its reply channel with it.
+            assert!(task.await.unwrap_err().is_cancelled());
+        }
+        let full = engine.embed(&["third".to_owned()]).await;
+        assert!(matches!(full, Err(EngineError::QueueFull(2))), "{full:?}");
+        drop(held);
+        running.await.unwrap().unwrap();
+        // The inference thread drains the abandoned jobs on its own time.
+        for _ in 0..200 {
+            if metrics.cancelled.get() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let after = engine.embed(&["after".to_owned()]).await.unwrap();
+        assert_eq!(after[0].vector, expected("after"));
+        assert_eq!(metrics.cancelled.get(), 2);
+        let computed: Vec<usize> = fake.batches.lock().unwrap().iter().flatten().copied().collect();
+        assert_eq!(computed, vec!["running".len(), "after".len()]);
+    }
+
+    #[tokio::test]
+    async fn a_model_error_reaches_every_caller_of_the_pass() {
+        let fake = Arc::new(Fake::default());
+        let (engine, _) = engine(&fake, cfg());
+        let err = engine.embed(&["ok".to_owned(), "boom".to_owned()]).await;
+        assert!(matches!(err, Err(EngineError::Model(_))), "{err:?}");
+        assert_eq!(
+            engine.embed(&["ok".to_owned()]).await.unwrap()[0].vector,
+            expected("ok")
+        );
+    }
 }

@@ -36,6 +36,45 @@ pub struct Encoded {
     pub truncated: bool,
 }
 
+/// What the inference engine needs from a model: tokenizing within its window and embedding a
+/// padded batch. [`Embedder`] is the real one; the engine's queue, cache and batching are tested
+/// with a fake.
+pub trait Encoder: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn dimension(&self) -> usize;
+    /// Tokenizes `text` within the window.
+    fn encode(&self, text: &str) -> Result<Encoded, ModelError>;
+    /// Embeds tokenized texts as one batch padded to the longest.
+    fn embed_encoded(&self, batch: &[&Encoded]) -> Result<Vec<Embedded>, ModelError>;
+    /// Where an idle inference thread waits to help another thread's pass; `None` when the model
+    /// does not split its passes.
+    fn invitations(&self) -> Option<&crossbeam_channel::Receiver<std::sync::Weak<Team>>> {
+        None
+    }
+}
+
+impl Encoder for Embedder {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    fn encode(&self, text: &str) -> Result<Encoded, ModelError> {
+        Self::encode(self, text)
+    }
+
+    fn embed_encoded(&self, batch: &[&Encoded]) -> Result<Vec<Embedded>, ModelError> {
+        Self::embed_encoded(self, batch)
+    }
+
+    fn invitations(&self) -> Option<&crossbeam_channel::Receiver<std::sync::Weak<Team>>> {
+        Some(Self::invitations(self))
+    }
+}
+
 pub struct Embedder {
     model: Bert,
     tokenizer: Tokenizer,

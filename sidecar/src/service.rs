@@ -81,7 +81,7 @@ impl Sidecar {
     /// The vector of a cache request: given (checked and normalised) or embedded from `text`.
     async fn query_vector(&self, vector: Vec<f32>, text: &str) -> Result<Option<Vec<f32>>, Status> {
         if !vector.is_empty() {
-            let dim = self.engine.embedder.dimension;
+            let dim = self.engine.embedder.dimension();
             if vector.len() != dim {
                 return Err(Status::invalid_argument(format!(
                     "vector has {} dimensions, the model has {dim}",
@@ -135,8 +135,8 @@ impl Inference for Sidecar {
             }
             let out = self.embed_texts(&texts).await?;
             Ok(EmbedResponse {
-                model: self.engine.embedder.name.clone(),
-                dimension: self.engine.embedder.dimension as u32,
+                model: self.engine.embedder.name().to_owned(),
+                dimension: self.engine.embedder.dimension() as u32,
                 embeddings: out
                     .iter()
                     .map(|e| Embedding {
@@ -179,7 +179,7 @@ impl Inference for Sidecar {
                 .classify(&req.label_set, &e.vector)
                 .unwrap_or_default();
             Ok(ClassifyResponse {
-                model: self.engine.embedder.name.clone(),
+                model: self.engine.embedder.name().to_owned(),
                 scores: scores
                     .into_iter()
                     .map(|(label, score)| LabelScore { label, score })

@@ -10,58 +10,21 @@ use crate::stream::Stream;
 use filter_core::{Provider, headers};
 use filter_host::body::{self as host_body, Body};
 use filter_host::configured::Filter;
-use filter_host::metrics::{Family, Metric, Record as _};
+use filter_host::metrics::Record as _;
 use filter_host::proxy_wasm::{self, traits::*, types::*};
-use filter_host::sidecar::{self, Sidecar, v1};
+use filter_host::sidecar::Sidecar;
 use filter_host::{http, log, state};
 use std::cell::RefCell;
 use std::rc::Rc;
 
+mod classify;
+mod metrics;
+mod stream;
+use metrics::Metrics;
+
 proxy_wasm::main! {{
     filter_host::configured::main::<Shared>("content-moderator");
 }}
-
-/// `tollgate_content_moderator_<side>_<action>{category}`.
-struct Metrics {
-    families: Vec<((Side, Verdict), Family)>,
-    invalid: Family,
-    /// Sidecar calls that failed (the request then went by `failure_mode`).
-    classify_errors: Option<Metric>,
-}
-
-impl Metrics {
-    fn new(cfg: &Config) -> Self {
-        let mut families = Vec::new();
-        for (side, rules) in [(Side::Request, &cfg.request), (Side::Response, &cfg.response)] {
-            for action in [Verdict::Block, Verdict::Mask, Verdict::Log] {
-                families.push((
-                    (side, action),
-                    Family::counter(
-                        format!("tollgate_content_moderator_{}_{}", side.name(), action.name()),
-                        "category",
-                        rules.categories.len() + cfg.classify.as_ref().map_or(0, |c| c.categories.len()) + 1,
-                    ),
-                ));
-            }
-        }
-        Self {
-            families,
-            invalid: Family::counter("tollgate_content_moderator_invalid_body", "side", 2),
-            classify_errors: Metric::counter("tollgate_content_moderator_classify_errors"),
-        }
-    }
-
-    fn count(&mut self, side: Side, name: &str, action: Verdict) {
-        if let Some(m) = self
-            .families
-            .iter_mut()
-            .find(|(k, _)| *k == (side, action))
-            .and_then(|(_, f)| f.get(name))
-        {
-            m.inc();
-        }
-    }
-}
 
 struct Shared {
     config: Config,
@@ -217,59 +180,6 @@ impl Http {
         state::set(headers::state::MODERATION, &self.verdict_text());
     }
 
-    /// Asks the sidecar to classify the last user message; `Some(action)` to return from the body
-    /// callback.
-    fn classify(&mut self, provider: Provider, body: &[u8]) -> Option<Action> {
-        let shared = self.shared.clone();
-        let (Some(c), Some(sidecar)) = (&shared.config.classify, &shared.sidecar) else {
-            return None;
-        };
-        let Ok(req) = filter_core::api::Request::parse(provider, body) else {
-            // body::request read it already; unreachable in practice, refused all the same.
-            return Some(self.refuse(&Refusal::UnreadableRequest {
-                why: "it is not a request of its API".to_owned(),
-            }));
-        };
-        let text = filter_core::prompt::turn_input(&req);
-        // The end of the input is kept: an injection is most often appended.
-        let mut start = text.len().saturating_sub(c.max_text_bytes);
-        while !text.is_char_boundary(start) {
-            start += 1;
-        }
-        let text = text.get(start..).unwrap_or_default();
-        if text.trim().is_empty() {
-            return None;
-        }
-        match sidecar.classify(&c.label_set, text.to_owned()) {
-            Ok(_) => {
-                self.classifying = true;
-                Some(Action::Pause)
-            }
-            Err(e) => self.classify_failed(&e.to_string(), false),
-        }
-    }
-
-    /// The sidecar did not answer: `failure_mode` decides. `resume`: the request is paused.
-    fn classify_failed(&mut self, why: &str, resume: bool) -> Option<Action> {
-        let shared = self.shared.clone();
-        shared.metrics.borrow().classify_errors.inc();
-        log!(Warn, Some(self.id), "classification unavailable: {why}");
-        let open = shared
-            .config
-            .classify
-            .as_ref()
-            .is_some_and(|c| c.failure_mode == config::FailureMode::Open);
-        if open {
-            self.verdict.push("request:classify:unavailable".to_owned());
-            self.publish();
-            if resume {
-                let _ = http::resume_request(self.id);
-            }
-            return None;
-        }
-        Some(self.refuse(&Refusal::ClassifierUnavailable))
-    }
-
     fn verdict_text(&self) -> String {
         if self.verdict.is_empty() {
             "pass".to_owned()
@@ -279,78 +189,9 @@ impl Http {
     }
 }
 
-impl Http {
-    /// Rewrites one chunk of a streamed response in place.
-    fn on_stream_chunk(&mut self, body_size: usize, end_of_stream: bool) {
-        let shared = self.shared.clone();
-        let chunk = http::response_body(self.id, 0, body_size).unwrap_or_default();
-        let Some(stream) = self.stream.as_mut() else {
-            return;
-        };
-        let out = stream.feed(&shared.config.response, &chunk, end_of_stream);
-        let new: Vec<(usize, Verdict)> = stream.findings.get(self.recorded..).unwrap_or_default().to_vec();
-        let blocked = stream.blocked;
-        self.recorded += new.len();
-        if let Err(s) = host_body::replace(BufferType::HttpResponseBody, body_size, &out) {
-            // The unmoderated chunk must not go out: drop it.
-            log!(Error, Some(self.id), "cannot rewrite a streamed chunk: {s:?}");
-            let _ = host_body::replace(BufferType::HttpResponseBody, body_size, &[]);
-        }
-        if !new.is_empty() {
-            self.record(Side::Response, &new);
-        }
-        if let Some(c) = blocked
-            && !new.is_empty()
-        {
-            let name = shared
-                .config
-                .response
-                .categories
-                .get(c)
-                .map_or("unknown", |c| c.name.as_str());
-            log!(Info, Some(self.id), "response stream blocked: category {name}");
-        }
-    }
-}
-
 impl Context for Http {
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, size: usize) {
-        if !self.classifying {
-            return;
-        }
-        self.classifying = false;
-        let r = match sidecar::reply::<v1::ClassifyResponse>(status_code, size) {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = self.classify_failed(&e.to_string(), true);
-                return;
-            }
-        };
-        let shared = self.shared.clone();
-        let Some(c) = &shared.config.classify else { return };
-        let mut block = None;
-        for (label, threshold, action) in &c.categories {
-            let score = r
-                .scores
-                .iter()
-                .find(|s| s.label == *label)
-                .map_or(f32::MIN, |s| s.score);
-            if score >= *threshold {
-                self.note(Side::Request, label, *action);
-                if *action == Verdict::Block && block.is_none() {
-                    block = Some(label.clone());
-                }
-            }
-        }
-        self.publish();
-        match block {
-            Some(label) => {
-                let _ = self.block(Side::Request, &label);
-            }
-            None => {
-                let _ = http::resume_request(self.id);
-            }
-        }
+        self.on_classified(status_code, size);
     }
 }
 

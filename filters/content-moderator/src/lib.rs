@@ -4,6 +4,7 @@
 //! moderator sends itself is a [`refusal::Refusal`]. The callbacks (`filter.rs`) only move bytes.
 
 pub mod body;
+pub mod classify;
 pub mod config;
 pub mod detect;
 pub mod moderate;

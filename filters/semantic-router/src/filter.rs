@@ -3,13 +3,12 @@
 //! body is read (`allow_on_headers_stop_iteration`), decides, sets the route header — which makes
 //! Envoy pick the route again — and lets the request go.
 
-use crate::config::{self, ClientRoute, Config, FailureMode};
+use crate::config::{ClientRoute, Config, FailureMode};
 use crate::decide::{self, Decision, Index, Method, Refusal};
 use filter_core::api::Request;
 use filter_core::{Provider, headers};
 use filter_host::body::{self as host_body, Body};
-use filter_host::configured::Filter;
-use filter_host::metrics::{Family, Metric, Record as _};
+use filter_host::metrics::Record as _;
 use filter_host::proxy_wasm::{self, traits::*, types::*};
 use filter_host::reply::send_error;
 use filter_host::sidecar::{self, Sidecar, v1};
@@ -19,6 +18,9 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 mod examples;
+mod metrics;
+mod setup;
+use metrics::Metrics;
 
 proxy_wasm::main! {{
     filter_host::configured::main::<Shared>("semantic-router");
@@ -39,35 +41,6 @@ const KEYWORD_BYTES: usize = 16 * 1024;
 /// Filter-state keys next to `tollgate.route`.
 const STATE_METHOD: &str = "tollgate.route.method";
 const STATE_SCORE: &str = "tollgate.route.score";
-
-/// `tollgate_semantic_router_*`.
-struct Metrics {
-    decisions: Family,
-    methods: Family,
-    /// Similarity × 1000 of the chosen (or best, below threshold) route.
-    similarity: Option<Metric>,
-    /// Time from the `Embed` call to its answer, in microseconds.
-    sidecar_us: Option<Metric>,
-    sidecar_errors: Option<Metric>,
-    /// Example vectors loaded (per VM; every VM loads the same).
-    examples: Option<Metric>,
-    /// VMs (one per worker thread, plus the main thread's) whose examples are loaded.
-    ready_vms: Option<Metric>,
-}
-
-impl Metrics {
-    fn new(cfg: &Config) -> Self {
-        Self {
-            decisions: Family::counter("tollgate_semantic_router_decisions", "route", cfg.routes.len()),
-            methods: Family::counter("tollgate_semantic_router_methods", "method", Method::ALL.len()),
-            similarity: Metric::histogram("tollgate_semantic_router_similarity"),
-            sidecar_us: Metric::histogram("tollgate_semantic_router_sidecar_us"),
-            sidecar_errors: Metric::counter("tollgate_semantic_router_sidecar_errors"),
-            examples: Metric::gauge("tollgate_semantic_router_examples"),
-            ready_vms: Metric::gauge("tollgate_semantic_router_ready_vms"),
-        }
-    }
-}
 
 struct Shared {
     config: Config,
@@ -108,60 +81,6 @@ impl Shared {
             }
         }
         *self.index.borrow_mut() = Some(index);
-    }
-}
-
-impl Filter for Shared {
-    fn configure(root_id: u32) -> Option<Self> {
-        let config = filter_host::config::load(config::compile)?;
-        let ready = config.pending.is_empty();
-        let shared = Self {
-            metrics: RefCell::new(Metrics::new(&config)),
-            sidecar: Sidecar::new(config.sidecar.clone()),
-            index: RefCell::new(None),
-            scratch: RefCell::new(decide::Scratch::default()),
-            broken: Cell::new(false),
-            root_id,
-            loading: Cell::new(false),
-            loader: RefCell::new(examples::Loader::default()),
-            last_attempt: Cell::new(root::now()),
-            config,
-        };
-        if ready {
-            shared.ready(shared.config.index.clone());
-        } else {
-            // The first tick starts the calls: a root context's calls must start from a root callback.
-            let _ = root::set_tick_period(Duration::from_millis(1));
-        }
-        Some(shared)
-    }
-
-    fn http_context(shared: &Rc<Self>, context_id: u32) -> Box<dyn HttpContext> {
-        Box::new(Http {
-            id: context_id,
-            shared: shared.clone(),
-            provider: None,
-            body: Vec::new(),
-            embedding: None,
-            done: false,
-        })
-    }
-
-    fn on_tick(shared: &Rc<Self>) {
-        let waiting = shared.index.borrow().is_none() && !shared.broken.get();
-        let mut loader = shared.loader.borrow_mut();
-        if waiting && loader.idle() {
-            loader.load_examples(shared);
-        } else {
-            let _ = root::set_tick_period(Duration::ZERO);
-        }
-    }
-
-    fn on_grpc_call_response(shared: &Rc<Self>, token: u32, status_code: u32, size: usize) {
-        shared
-            .loader
-            .borrow_mut()
-            .on_reply(shared, token, status_code, size);
     }
 }
 
