@@ -88,6 +88,12 @@ impl ApiError {
         Self::new(ErrorKind::InvalidRequest, code, message)
     }
 
+    /// 400 `invalid_request_body` for a body that is not a request of its API. `detail` is the
+    /// parser's message, already passed through [`redact_quoted`].
+    pub fn invalid_body(detail: &str) -> Self {
+        Self::invalid_request("invalid_request_body", format!("invalid request body: {detail}"))
+    }
+
     pub fn too_large(limit_bytes: usize) -> Self {
         Self::new(
             ErrorKind::RequestTooLarge,

@@ -12,14 +12,19 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
     /// The cluster does not exist or the arguments were rejected.
+    #[error("bad argument (unknown cluster?)")]
     BadArgument,
-    /// gRPC: the metadata or message could not be parsed.
+    /// gRPC: Envoy found no cluster of that name (it reports that as a parse failure), or could
+    /// not parse the metadata or message.
+    #[error("parse failure (for gRPC: unknown cluster, or not yet initialised)")]
     ParseFailure,
     /// Envoy could not start the call (e.g. cluster not yet ready).
+    #[error("internal failure")]
     InternalFailure,
+    #[error("status {0}")]
     Other(u32),
 }
 
@@ -30,17 +35,6 @@ impl From<Status> for CallError {
             Status::ParseFailure => Self::ParseFailure,
             Status::InternalFailure => Self::InternalFailure,
             other => Self::Other(other as u32),
-        }
-    }
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::BadArgument => f.write_str("bad argument (unknown cluster?)"),
-            Self::ParseFailure => f.write_str("parse failure"),
-            Self::InternalFailure => f.write_str("internal failure"),
-            Self::Other(s) => write!(f, "status {s}"),
         }
     }
 }

@@ -22,14 +22,17 @@ pub mod code {
     pub const UNAVAILABLE: u32 = 14;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SidecarError {
     /// Envoy would not start the call (unknown cluster, …).
+    #[error("sidecar call not started: {0}")]
     Dispatch(CallError),
     /// The call completed with a non-OK gRPC status (Envoy reports an unreachable sidecar as
     /// UNAVAILABLE and an expired deadline as DEADLINE_EXCEEDED).
+    #[error("sidecar returned gRPC status {code}: {message}")]
     Status { code: u32, message: String },
     /// The reply body was missing or not the expected message.
+    #[error("sidecar reply not understood: {0}")]
     Decode(String),
 }
 
@@ -37,16 +40,6 @@ impl SidecarError {
     /// Whether the sidecar judged the input itself bad (retrying or failing over will not help).
     pub fn is_invalid_argument(&self) -> bool {
         matches!(self, Self::Status { code, .. } if *code == code::INVALID_ARGUMENT)
-    }
-}
-
-impl std::fmt::Display for SidecarError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Dispatch(e) => write!(f, "sidecar call not started: {e}"),
-            Self::Status { code, message } => write!(f, "sidecar returned gRPC status {code}: {message}"),
-            Self::Decode(m) => write!(f, "sidecar reply not understood: {m}"),
-        }
     }
 }
 

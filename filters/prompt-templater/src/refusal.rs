@@ -34,9 +34,7 @@ impl Refusal {
 
     pub fn to_error(&self) -> ApiError {
         match self {
-            Self::InvalidBody { detail } => {
-                ApiError::invalid_request("invalid_request_body", format!("invalid request body: {detail}"))
-            }
+            Self::InvalidBody { detail } => ApiError::invalid_body(detail),
             Self::Request(e) => e.clone(),
             Self::Render(e) => e.to_api(),
             Self::NeedsBody => {

@@ -51,9 +51,7 @@ impl Refusal {
     /// The reply's status, code and message (OpenAI's wording for the context window).
     pub fn to_error(&self) -> ApiError {
         match self {
-            Self::InvalidBody { detail } => {
-                ApiError::invalid_request("invalid_request_body", format!("invalid request body: {detail}"))
-            }
+            Self::InvalidBody { detail } => ApiError::invalid_body(detail),
             Self::BadChoices { field } => ApiError::invalid_request(
                 "invalid_request_body",
                 format!("`{field}` must be an integer from 1 to 128"),
