@@ -104,9 +104,9 @@ request 413 "body limit" "$GW/v1/chat/completions" "${as_alice[@]}" --data-binar
 
 curl -s --max-time 30 "$ADMIN/stats/prometheus" >"$tmp/body"
 missing=()
-for f in jwt_auth prompt_templater content_moderator semantic_router response_cache token_counter; do
+while read -r f; do
   grep -q "^tollgate_${f}_" "$tmp/body" || missing+=("$f")
-done
+done < <(cargo xtask filters --field wasm)
 [ ${#missing[@]} -eq 0 ] && ok "/stats/prometheus has every filter's metrics" || bad "no metrics from: ${missing[*]}"
 
 # The OpenAI stream above: who, which model, the tokens and cost, the route and the cache verdict.

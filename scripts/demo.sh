@@ -2,7 +2,7 @@
 # Runs the Tollgate demo in the foreground: installs and builds what is missing, then starts the
 # whole chain — Envoy with envoy/envoy.yaml and all six filters in the documented order (jwt-auth,
 # prompt-templater, content-moderator, semantic-router, response-cache, token-counter; the config
-# is written by scripts/chain-config.py), the inference sidecar with the real model, the mock LLM
+# is written by `cargo xtask chain-config`), the inference sidecar with the real model, the mock LLM
 # provider and the demo's identity provider (a fresh signing key per run) — and prints requests to
 # paste. Ctrl-C stops everything.
 #
@@ -53,7 +53,7 @@ if [ -n "$PROVIDER" ]; then
   [ -n "$CHECK" ] && { echo "[demo] --check runs against the mock; unset TOLLGATE_PROVIDER_URL" >&2; exit 2; }
   provider_args=(--provider "$PROVIDER" --provider-key-env OPENAI_API_KEY)
 fi
-python3 scripts/chain-config.py --out "$run/envoy.yaml" --wasm-root "$PWD" \
+cargo xtask chain-config --out "$run/envoy.yaml" --wasm-root "$PWD" \
   --port "10000=$PORT" --port "9901=$ADMIN_PORT" --port "8081=$UPSTREAM_PORT" \
   --port "8091=${ROUTED_PORTS[0]}" --port "8092=${ROUTED_PORTS[1]}" --port "8093=${ROUTED_PORTS[2]}" \
   --port "8094=${ROUTED_PORTS[3]}" --port "50051=$SIDECAR_PORT" --port "8083=$JWKS_PORT" \
@@ -117,7 +117,7 @@ upstream_line="http://127.0.0.1:$UPSTREAM_PORT  (mock OpenAI/Anthropic provider;
 cat <<TXT
 
 Tollgate demo is up: Envoy with jwt-auth, prompt-templater, content-moderator, semantic-router,
-response-cache and token-counter, in that order ($run/envoy.yaml, from scripts/chain-config.py).
+response-cache and token-counter, in that order ($run/envoy.yaml, from `cargo xtask chain-config`).
   gateway  $GW
   admin    http://127.0.0.1:$ADMIN_PORT   (stats: /stats/prometheus)
   upstream $upstream_line

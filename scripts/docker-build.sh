@@ -15,8 +15,7 @@ cargo wasm --locked -q
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/wasm" "$out/models"
 cp target/release/tollgate-sidecar target/release/mock-llm target/release/demo-issuer "$out/bin/"
-for f in jwt_auth prompt_templater content_moderator semantic_router response_cache token_counter; do
-  cp "target/wasm32-wasip1/wasm/$f.wasm" "$out/wasm/"
-done
+# The modules of the filter table (xtask/src/filters.rs).
+cargo xtask filters --field wasm-file | while read -r f; do cp "$f" "$out/wasm/"; done
 cp -r models/all-MiniLM-L6-v2 "$out/models/"
 echo "docker-build: $(ls "$out/bin" | wc -l) binaries, $(ls "$out/wasm" | wc -l) filters, model in $out"

@@ -47,11 +47,11 @@ validate_configs() {
     n=$((n + 1))
   done < <(grep -rl --include='*.yaml' '^static_resources:' envoy | sort)
   [ "$n" -gt 0 ] || { echo "no Envoy config found in envoy/" >&2; return 1; }
-  # The demo's real-provider config (scripts/chain-config.py --provider).
-  OPENAI_API_KEY=validate-only python3 scripts/chain-config.py --out .cache/provider-envoy.yaml \
+  # The demo's real-provider config (cargo xtask chain-config --provider).
+  OPENAI_API_KEY=validate-only cargo xtask chain-config --out .cache/provider-envoy.yaml \
     --wasm-root "$PWD" --provider https://api.openai.com
   .venv/bin/envoy --mode validate -c .cache/provider-envoy.yaml -l error >/dev/null
-  echo "valid: scripts/chain-config.py --provider https://api.openai.com"
+  echo "valid: cargo xtask chain-config --provider https://api.openai.com"
 }
 
 compose_checks() {

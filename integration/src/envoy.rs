@@ -40,7 +40,9 @@ pub struct Options<'a> {
     pub filters: Vec<String>,
     pub concurrency: u32,
     /// Shipped filter snippets (`envoy/filters/<file>`), inserted before the router after `filters`.
-    pub snippets: Vec<&'a str>,
+    pub snippets: Vec<String>,
+    /// Takes `envoy.filters.http.buffer` out of the chain.
+    pub without_buffer_filter: bool,
 }
 
 impl<'a> Options<'a> {
@@ -52,6 +54,7 @@ impl<'a> Options<'a> {
             filters: Vec::new(),
             concurrency: 1,
             snippets: Vec::new(),
+            without_buffer_filter: false,
         }
     }
 
@@ -74,40 +77,41 @@ impl<'a> Options<'a> {
 
     /// Adds a filter snippet as users paste it (`envoy/filters/<file>`): comment lines dropped, its
     /// `filename: target/…` pointed at this checkout's build.
-    pub fn snippet(mut self, file: &'a str) -> Self {
-        self.snippets.push(file);
+    pub fn snippet(mut self, file: &str) -> Self {
+        self.snippets.push(file.to_owned());
         self
+    }
+
+    /// Adds a filter of the table (xtask/src/filters.rs) by its shipped snippet.
+    pub fn filter(self, f: &xtask::filters::Filter) -> Self {
+        self.snippet(&format!("{}.yaml", f.name))
     }
 
     /// Takes the buffer filter out of `envoy.yaml`'s chain, so the filters see a client's body in
     /// the chunks it arrives in (the buffer filter hands on one complete body).
-    pub fn without_buffer_filter(self) -> Self {
-        self.replace(BUFFER_FILTER, "")
+    pub fn without_buffer_filter(mut self) -> Self {
+        self.without_buffer_filter = true;
+        self
     }
 
     /// Like [`Self::wasm_filter`], for a filter that holds the request headers until it has read the
     /// body (`allow_on_headers_stop_iteration: true`, as its shipped snippet sets).
     pub fn wasm_filter_reading_body(mut self, name: &str, wasm: &str, config: &serde_json::Value) -> Self {
-        let yaml = wasm_filter_yaml(name, wasm, config).replacen(
-            "                      config:\n",
-            "                      config:\n                        allow_on_headers_stop_iteration: true\n",
-            1,
-        );
-        self.filters.push(yaml);
+        self.filters.push(wasm_filter_entry(name, wasm, config, true));
         self
     }
 }
 
-/// The plugin configuration (the JSON under `value: |`) of a shipped snippet in `envoy/filters/`.
+/// The plugin configuration (the JSON in `configuration.value`) of a shipped snippet in
+/// `envoy/filters/`.
 pub fn snippet_config(file: &str) -> Result<serde_json::Value, Error> {
     let path = repo_root().join("envoy/filters").join(file);
     let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut lines = text
-        .lines()
-        .skip_while(|l| !l.trim_end().ends_with("value: |"))
-        .skip(1);
-    let json: String = lines.by_ref().map(|l| format!("{l}\n")).collect();
-    Ok(serde_json::from_str(&json).map_err(|e| format!("{file}: the configuration is not JSON: {e}"))?)
+    let entry = match xtask::chain::parse_yaml(&text, file)? {
+        serde_json::Value::Array(mut items) if items.len() == 1 => items.remove(0),
+        _ => return Err(format!("{file}: must hold one http_filters entry").into()),
+    };
+    Ok(xtask::chain::plugin_config(&entry).map_err(|e| format!("{file}: {e}"))?)
 }
 
 /// The wasm filter's file, built by `cargo wasm`.
@@ -158,36 +162,29 @@ fn dep_info_sources(deps: &str) -> Vec<String> {
     out
 }
 
-/// One `http_filters` entry running `wasm` in V8 with `config` (JSON) as its configuration.
+/// One `http_filters` entry running `wasm` in V8 with `config` (JSON) as its configuration, as
+/// a YAML list of one item.
 pub fn wasm_filter_yaml(name: &str, wasm: &str, config: &serde_json::Value) -> String {
-    // A JSON string is a valid YAML scalar, so the config needs no escaping of its own.
-    let config = serde_json::Value::String(config.to_string()).to_string();
-    let path = wasm_path(wasm).display().to_string();
-    format!(
-        r#"                  - name: {name}
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-                      config:
-                        name: {name}
-                        root_id: {name}
-                        configuration:
-                          "@type": type.googleapis.com/google.protobuf.StringValue
-                          value: {config}
-                        vm_config:
-                          runtime: envoy.wasm.runtime.v8
-                          code:
-                            local:
-                              filename: {path}
-"#
-    )
+    wasm_filter_entry(name, wasm, config, false)
 }
 
-const ROUTER: &str = "                  - name: envoy.filters.http.router\n";
-const BUFFER_FILTER: &str = "                  - name: envoy.filters.http.buffer
-                    typed_config:
-                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
-                      max_request_bytes: 1048576
-";
+fn wasm_filter_entry(name: &str, wasm: &str, config: &serde_json::Value, reads_body: bool) -> String {
+    let mut wasm_config = serde_json::json!({
+        "name": name,
+        "root_id": name,
+        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config.to_string()},
+        "vm_config": {"runtime": "envoy.wasm.runtime.v8",
+                      "code": {"local": {"filename": wasm_path(wasm).display().to_string()}}},
+    });
+    if reads_body {
+        wasm_config["allow_on_headers_stop_iteration"] = serde_json::json!(true);
+    }
+    let entry = serde_json::json!([{"name": name, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": wasm_config,
+    }}]);
+    xtask::chain::to_yaml(&entry).unwrap_or_default()
+}
 
 pub struct Envoy {
     child: Child,
@@ -200,11 +197,6 @@ pub struct Envoy {
 /// The Envoy binary: `$ENVOY_BIN`, else `.venv/bin/envoy` of this repository.
 pub fn envoy_bin() -> PathBuf {
     std::env::var_os("ENVOY_BIN").map_or_else(|| repo_root().join(".venv/bin/envoy"), PathBuf::from)
-}
-
-/// Replaces `port_value: <from>` everywhere in a YAML config.
-fn replace_port(config: &str, from: u16, to: u16) -> String {
-    config.replace(&format!("port_value: {from}\n"), &format!("port_value: {to}\n"))
 }
 
 impl Envoy {
@@ -222,56 +214,66 @@ impl Envoy {
             .map_err(|e| format!("reading {}: {e}", template_path.display()))?;
         let port = free_port()?;
         let admin_port = free_port()?;
-        for (from, to) in [
+        let mut filters = opts.filters.clone();
+        for file in &opts.snippets {
+            let path = repo_root().join("envoy/filters").join(file);
+            filters.push(
+                std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?,
+            );
+        }
+        // Textual edits first, on the sources (the template and the filters' YAML), then the
+        // document is assembled as data.
+        for (from, to) in &opts.replace {
+            let mut hit = false;
+            for text in std::iter::once(&mut config).chain(filters.iter_mut()) {
+                if text.contains(from.as_str()) {
+                    *text = text.replace(from.as_str(), to);
+                    hit = true;
+                }
+            }
+            if !hit {
+                return Err(format!("{}: no `{from}` to replace", opts.config).into());
+            }
+        }
+        let mut doc = xtask::chain::Config(xtask::chain::parse_yaml(&config, opts.config)?);
+        if opts.without_buffer_filter {
+            let list = doc.http_filters()?;
+            let before = list.len();
+            list.retain(|f| f["name"] != "envoy.filters.http.buffer");
+            if list.len() == before {
+                return Err(format!("{}: no envoy.filters.http.buffer to take out", opts.config).into());
+            }
+        }
+        if !filters.is_empty() {
+            let mut entries = Vec::new();
+            for text in &filters {
+                match xtask::chain::parse_yaml(text, "a filter")? {
+                    serde_json::Value::Array(items) => entries.extend(items),
+                    other => {
+                        return Err(
+                            format!("a filter must be a YAML list of http_filters, got {other}").into(),
+                        );
+                    }
+                }
+            }
+            doc.insert_before_router(entries)?;
+        }
+        doc.set_wasm_root(&repo_root().display().to_string());
+        let ports = [
             (default_ports::LISTENER, port),
             (default_ports::ADMIN, admin_port),
         ]
         .into_iter()
         .chain(opts.upstreams)
-        {
-            let needle = format!("port_value: {from}\n");
-            if !config.contains(&needle) {
-                return Err(format!("{}: no `{}` to replace", opts.config, needle.trim()).into());
-            }
-            config = replace_port(&config, from, to);
+        .map(|(from, to)| (u64::from(from), u64::from(to)))
+        .collect();
+        doc.set_ports(&ports)
+            .map_err(|e| format!("{}: {e}", opts.config))?;
+        // Wasm filters name their module; native filters (e.g. jwt_authn) have none.
+        for file in doc.wasm_files() {
+            check_fresh(Path::new(&file))?;
         }
-        let mut filters = opts.filters.clone();
-        for file in &opts.snippets {
-            let path = repo_root().join("envoy/filters").join(file);
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-            let root = repo_root().display().to_string();
-            filters.push(
-                text.lines()
-                    .filter(|l| !l.starts_with('#'))
-                    .map(|l| {
-                        format!(
-                            "{}\n",
-                            l.replace("filename: target/", &format!("filename: {root}/target/"))
-                        )
-                    })
-                    .collect(),
-            );
-        }
-        if !filters.is_empty() {
-            if !config.contains(ROUTER) {
-                return Err(format!("{}: no router filter to insert filters before", opts.config).into());
-            }
-            // Wasm filters name their module; native filters (e.g. jwt_authn) have none.
-            for file in filters
-                .iter()
-                .filter_map(|f| f.lines().find_map(|l| l.trim().strip_prefix("filename: ")))
-            {
-                check_fresh(Path::new(file))?;
-            }
-            config = config.replace(ROUTER, &format!("{}{ROUTER}", filters.concat()));
-        }
-        for (from, to) in &opts.replace {
-            if !config.contains(from.as_str()) {
-                return Err(format!("{}: no `{from}` to replace", opts.config).into());
-            }
-            config = config.replace(from.as_str(), to);
-        }
+        let config = xtask::chain::to_yaml(&doc.0)?;
         let dir = std::env::temp_dir().join(format!("tollgate-envoy-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let config_path = dir.join("envoy.yaml");

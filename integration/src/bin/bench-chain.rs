@@ -22,19 +22,21 @@ use tollgate_it::bench::{
 use tollgate_it::envoy::{Envoy, Options, default_ports};
 use tollgate_it::issuer::{JwksServer, KeyDir, KeyKind, Mode, jwks, now};
 use tollgate_it::mock::MockLlm;
+use xtask::filters::{CHAIN, Filter};
 
 const CHAT: &str = "/v1/chat/completions";
-const J: &str = "jwt-auth.yaml";
-const T: &str = "prompt-templater.yaml";
-const M: &str = "content-moderator.yaml";
-const R: &str = "semantic-router.yaml";
-const C: &str = "response-cache.yaml";
-const K: &str = "token-counter.yaml";
+// The filters, from the one table (xtask/src/filters.rs), in chain order.
+const J: &Filter = &CHAIN[0];
+const T: &Filter = &CHAIN[1];
+const M: &Filter = &CHAIN[2];
+const R: &Filter = &CHAIN[3];
+const C: &Filter = &CHAIN[4];
+const K: &Filter = &CHAIN[5];
 
 struct Row {
     label: &'static str,
     /// In the documented order.
-    snippets: &'static [&'static str],
+    snippets: &'static [&'static Filter],
     /// The same prompt every time (answered from the cache after the first).
     hit: bool,
 }
@@ -193,18 +195,18 @@ fn main() -> Result<(), Error> {
             .upstream(default_ports::SUPPORT[1], mock.port())
             .upstream(default_ports::SIDECAR, sidecar.port())
             .upstream(default_ports::JWKS, jwks_server.port);
-        for s in row.snippets {
-            opts = opts.snippet(s);
+        for f in row.snippets {
+            opts = opts.filter(f);
         }
-        if row.snippets.contains(&K) {
+        if row.snippets.iter().any(|f| f.name == K.name) {
             opts = opts.replace(BUDGET.0, BUDGET.1);
         }
-        if row.snippets.contains(&C) {
+        if row.snippets.iter().any(|f| f.name == C.name) {
             opts = opts.replace(THRESHOLD.0, THRESHOLD.1);
         }
         let t = Instant::now();
         let envoy = Envoy::start(opts)?;
-        if row.snippets.contains(&R) {
+        if row.snippets.iter().any(|f| f.name == R.name) {
             // Until its examples are embedded the router sends everything to the default route.
             let deadline = Instant::now() + Duration::from_secs(60);
             while envoy.stat("wasmcustom.tollgate_semantic_router_ready_vms") != Some(2) {
@@ -271,7 +273,7 @@ fn main() -> Result<(), Error> {
 fn record(row: &Row, m: &Measured, bare: (f64, f64)) -> Value {
     json!({
         "row": row.label,
-        "filters": row.snippets.iter().map(|s| s.trim_end_matches(".yaml")).collect::<Vec<_>>(),
+        "filters": row.snippets.iter().map(|f| f.name).collect::<Vec<_>>(),
         "cache_hits": row.hit,
         "ready_ms": m.ready.as_secs_f64() * 1000.0,
         "rss_mb": {"idle": m.rss_idle, "after_load": m.rss_loaded},

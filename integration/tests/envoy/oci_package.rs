@@ -1,4 +1,4 @@
-//! `scripts/package-oci.sh` against the OCI image layout spec (image-spec layout.md, manifest.md)
+//! `cargo xtask oci` (xtask/src/oci.rs) against the OCI image layout spec (image-spec layout.md, manifest.md)
 //! and the Wasm artifact variant Istio's WasmPlugin fetcher reads: every descriptor's digest and
 //! size match its blob, the index points at the manifest, the manifest's two layers are the
 //! runtime config (naming the filter's root_id) and the module, byte for byte the built .wasm,
@@ -9,15 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::process::Command;
-
-const FILTERS: [(&str, &str, &str); 6] = [
-    ("jwt-auth", "jwt_auth", "jwt_auth.wasm"),
-    ("prompt-templater", "prompt_templater", "prompt_templater.wasm"),
-    ("content-moderator", "content_moderator", "content_moderator.wasm"),
-    ("semantic-router", "semantic_router", "semantic_router.wasm"),
-    ("response-cache", "response_cache", "response_cache.wasm"),
-    ("token-counter", "token_counter", "token_counter.wasm"),
-];
+use xtask::filters::CHAIN;
 
 fn sha256(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
@@ -42,19 +34,14 @@ fn blob(layout: &Path, desc: &Value) -> Vec<u8> {
 #[test]
 fn images_follow_the_oci_layout_and_the_wasm_artifact_format() {
     let root = tollgate_it::repo_root();
-    for (_, _, wasm) in FILTERS {
-        tollgate_it::envoy::check_fresh(&tollgate_it::envoy::wasm_path(wasm)).unwrap();
+    for f in &CHAIN {
+        tollgate_it::envoy::check_fresh(&root.join(f.wasm_file())).unwrap();
     }
     let out = std::env::temp_dir().join(format!("tollgate-oci-{}", std::process::id()));
-    let status = Command::new("bash")
-        .arg(root.join("scripts/package-oci.sh"))
-        .args(["--no-build", "--out"])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "package-oci.sh failed (run `cargo wasm` first)");
+    let digests = xtask::oci::package_all(&root, &out).unwrap();
     let version = env!("CARGO_PKG_VERSION");
-    for (name, root_id, wasm) in FILTERS {
+    for (f, digest) in CHAIN.iter().zip(&digests) {
+        let (name, root_id) = (f.name, f.root_id());
         let layout = out.join(name);
         let marker: Value =
             serde_json::from_slice(&std::fs::read(layout.join("oci-layout")).unwrap()).unwrap();
@@ -102,11 +89,7 @@ fn images_follow_the_oci_layout_and_the_wasm_artifact_format() {
             "application/vnd.module.wasm.content.layer.v1+wasm"
         );
         let module = blob(&layout, &layers[1]);
-        assert_eq!(
-            module,
-            std::fs::read(tollgate_it::envoy::wasm_path(wasm)).unwrap(),
-            "{name}"
-        );
+        assert_eq!(module, std::fs::read(root.join(f.wasm_file())).unwrap(), "{name}");
         assert_eq!(module.get(..4), Some(b"\0asm".as_slice()));
 
         // Nothing in blobs/ that no descriptor names.
@@ -126,53 +109,33 @@ fn images_follow_the_oci_layout_and_the_wasm_artifact_format() {
                 "{name}.tar lacks {entry}: {listing}"
             );
         }
+        // GNU tar reads it back (headers and checksums) to the same bytes.
+        let unpacked = out.join(format!("{name}-unpacked"));
+        std::fs::create_dir_all(&unpacked).unwrap();
+        let status = Command::new("tar")
+            .arg("-xf")
+            .arg(out.join(format!("{name}.tar")))
+            .arg("-C")
+            .arg(&unpacked)
+            .status()
+            .unwrap();
+        assert!(status.success(), "tar -xf {name}.tar");
+        for file in ["oci-layout", "index.json"] {
+            assert_eq!(
+                std::fs::read(unpacked.join(file)).unwrap(),
+                std::fs::read(layout.join(file)).unwrap()
+            );
+        }
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        assert_eq!(entries[0]["digest"], *digest);
+        assert_eq!(
+            std::fs::read(unpacked.join("blobs/sha256").join(hex)).unwrap(),
+            std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
+        );
     }
-    // Reproducible: packaging again gives the same manifest digests.
-    let first = std::fs::read(out.join("jwt-auth/index.json")).unwrap();
-    let again = Command::new("bash")
-        .arg(root.join("scripts/package-oci.sh"))
-        .args(["--no-build", "--out"])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(again.success());
-    assert_eq!(std::fs::read(out.join("jwt-auth/index.json")).unwrap(), first);
+    // Reproducible: packaging again gives the same manifest digests and the same tarballs.
+    let tar = std::fs::read(out.join("jwt-auth.tar")).unwrap();
+    assert_eq!(xtask::oci::package_all(&root, &out).unwrap(), digests);
+    assert_eq!(std::fs::read(out.join("jwt-auth.tar")).unwrap(), tar);
     let _ = std::fs::remove_dir_all(&out);
-}
-
-/// The Istio manifests are generated from the snippets; the committed file must be what the
-/// generator writes now (a snippet changed without rerunning it fails here).
-#[test]
-fn istio_manifests_are_generated_from_the_snippets() {
-    let root = tollgate_it::repo_root();
-    let out = std::env::temp_dir().join(format!("tollgate-istio-{}.yaml", std::process::id()));
-    let status = Command::new("bash")
-        .arg(root.join("scripts/istio-manifests.sh"))
-        .arg(&out)
-        .env("TOLLGATE_REGISTRY", "registry.example.com/tollgate")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let fresh = std::fs::read_to_string(&out).unwrap();
-    let committed = std::fs::read_to_string(root.join("envoy/istio/wasmplugins.yaml")).unwrap();
-    assert!(
-        fresh == committed,
-        "envoy/istio/wasmplugins.yaml is stale: run scripts/istio-manifests.sh"
-    );
-    for (name, root_id, _) in FILTERS {
-        assert!(
-            committed.contains(&format!("  name: tollgate-{name}\n")),
-            "{name}"
-        );
-        assert!(
-            committed.contains(&format!("  pluginName: {root_id}\n")),
-            "{name}"
-        );
-    }
-    let order: Vec<usize> = FILTERS
-        .iter()
-        .map(|(name, _, _)| committed.find(&format!("  name: tollgate-{name}\n")).unwrap())
-        .collect();
-    assert!(order.windows(2).all(|w| w[0] < w[1]), "in the chain's order");
-    let _ = std::fs::remove_file(&out);
 }
