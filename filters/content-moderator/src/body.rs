@@ -197,8 +197,8 @@ pub fn response(rules: &Rules, provider: Provider, body: &[u8]) -> Result<Outcom
             }
             Ok(out)
         }
-        // Embeddings are vectors: nothing to read.
-        Provider::OpenAiEmbeddings => Ok(Outcome::default()),
+        // Embeddings are vectors and a token count is a number: nothing to read.
+        Provider::OpenAiEmbeddings | Provider::AnthropicCountTokens => Ok(Outcome::default()),
     }
 }
 

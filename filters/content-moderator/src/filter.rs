@@ -7,7 +7,7 @@ use crate::body::{self, BodyError, Outcome};
 use crate::config::{self, Action as Verdict, Config};
 use crate::refusal::{Refusal, Side};
 use crate::stream::Stream;
-use filter_core::{Provider, headers};
+use filter_core::{Provider, Shape, headers};
 use filter_host::body::{self as host_body, Body};
 use filter_host::configured::Filter;
 use filter_host::metrics::Record as _;
@@ -47,6 +47,7 @@ impl Filter for Shared {
             id: context_id,
             shared: shared.clone(),
             provider: None,
+            shape: Shape::OpenAi,
             request_done: false,
             moderate_response: false,
             stream: None,
@@ -62,6 +63,8 @@ struct Http {
     id: u32,
     shared: Rc<Shared>,
     provider: Option<Provider>,
+    /// The error shape of the client's API, from the path (read while the headers are held).
+    shape: Shape,
     request_done: bool,
     moderate_response: bool,
     /// A streamed response being moderated, and how many of its findings are already counted.
@@ -80,14 +83,7 @@ impl Http {
         self.replied = true;
         let err = why.to_error();
         let status = why.status(self.shared.config.block_status);
-        log!(
-            Info,
-            Some(self.id),
-            "local reply {status} {}: {}",
-            err.code,
-            err.message
-        );
-        filter_host::reply::send_json(self.id, status, &err.to_json());
+        filter_host::reply::send_error_with_status(self.id, self.shape, status, &err, &[]);
         Action::Pause
     }
 
@@ -198,6 +194,7 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
         let path = http::request_header(self.id, ":path").unwrap_or_default();
+        self.shape = Shape::from_path(&path);
         self.provider = Provider::from_path(&path);
         if self.provider.is_none() {
             let unknown_with_body =

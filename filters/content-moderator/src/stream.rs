@@ -58,7 +58,7 @@ pub struct Stream {
 impl Stream {
     pub fn new(provider: Provider, holdback: usize) -> Self {
         Self {
-            anthropic: provider == Provider::Anthropic,
+            anthropic: provider.is_anthropic(),
             parser: SseParser::default(),
             holdback,
             windows: Vec::new(),

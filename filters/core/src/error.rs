@@ -1,5 +1,7 @@
-//! Errors a filter answers itself, in the OpenAI error shape
-//! `{"error":{"message":..., "type":..., "code":...}}`, with the status that goes with each kind.
+//! Errors a filter answers itself, in the error shape of the client's API ([`Shape`]), with the
+//! status that goes with each kind: OpenAI's `{"error":{"message":…,"type":…,"code":…}}`, or
+//! Anthropic's `{"type":"error","error":{"type":…,"message":…}}` with Anthropic's type names (plus
+//! our `code`, which Anthropic's versioning policy allows inside the error object).
 
 use serde::Serialize;
 
@@ -38,6 +40,21 @@ impl ErrorKind {
         }
     }
 
+    /// The kind a status stands for (e.g. a configured block status), if it is one of the above.
+    pub const fn from_status(status: u32) -> Option<Self> {
+        Some(match status {
+            400 => Self::InvalidRequest,
+            401 => Self::Authentication,
+            403 => Self::PermissionDenied,
+            404 => Self::NotFound,
+            413 => Self::RequestTooLarge,
+            429 => Self::RateLimited,
+            500 => Self::Internal,
+            503 => Self::Unavailable,
+            _ => return None,
+        })
+    }
+
     /// The OpenAI `error.type` string for this kind.
     pub const fn type_str(self) -> &'static str {
         match self {
@@ -48,6 +65,47 @@ impl ErrorKind {
             Self::RateLimited => "rate_limit_error",
             Self::Internal => "server_error",
             Self::Unavailable => "service_unavailable",
+        }
+    }
+
+    /// The Anthropic `error.type` for this kind (docs.claude.com/en/api/errors). A dependency that
+    /// is down is Anthropic's `overloaded_error`, which its SDKs retry like a 503.
+    pub const fn anthropic_type(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request_error",
+            Self::Authentication => "authentication_error",
+            Self::PermissionDenied => "permission_error",
+            Self::NotFound => "not_found_error",
+            Self::RequestTooLarge => "request_too_large",
+            Self::RateLimited => "rate_limit_error",
+            Self::Internal => "api_error",
+            Self::Unavailable => "overloaded_error",
+        }
+    }
+}
+
+/// Which API's error body a reply takes, decided by the request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    #[default]
+    OpenAi,
+    Anthropic,
+}
+
+impl Shape {
+    /// Anthropic's for its Messages API and everything under it (`/v1/messages/count_tokens`,
+    /// `/v1/messages/batches…`) and its legacy `/v1/complete`, with any mount prefix; OpenAI's
+    /// for everything else (the shape of an unknown path is the gateway's own, OpenAI's).
+    pub fn from_path(path: &str) -> Self {
+        let path = path
+            .split_once('?')
+            .map_or(path, |(p, _)| p)
+            .trim_end_matches('/');
+        if path.ends_with("/v1/messages") || path.contains("/v1/messages/") || path.ends_with("/v1/complete")
+        {
+            Self::Anthropic
+        } else {
+            Self::OpenAi
         }
     }
 }
@@ -65,6 +123,21 @@ pub struct ApiError {
 #[derive(Serialize)]
 struct Envelope<'a> {
     error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicEnvelope<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicBody<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+    code: &'a str,
 }
 
 #[derive(Serialize)]
@@ -106,8 +179,28 @@ impl ApiError {
         self.kind.status()
     }
 
-    /// The JSON body. Serialising three strings cannot fail; the fallback keeps that promise
-    /// without a panic path.
+    /// The JSON body in `shape`.
+    pub fn to_json_in(&self, shape: Shape) -> Vec<u8> {
+        match shape {
+            Shape::OpenAi => self.to_json(),
+            Shape::Anthropic => {
+                let envelope = AnthropicEnvelope {
+                    kind: "error",
+                    error: AnthropicBody {
+                        kind: self.kind.anthropic_type(),
+                        message: &self.message,
+                        code: self.code,
+                    },
+                };
+                serde_json::to_vec(&envelope).unwrap_or_else(|_| {
+                    br#"{"type":"error","error":{"type":"api_error","message":"internal error"}}"#.to_vec()
+                })
+            }
+        }
+    }
+
+    /// The JSON body in OpenAI's shape. Serialising three strings cannot fail; the fallback keeps
+    /// that promise without a panic path.
     pub fn to_json(&self) -> Vec<u8> {
         let envelope = Envelope {
             error: Body {
@@ -185,6 +278,45 @@ mod tests {
     }
 
     #[test]
+    fn anthropic_paths_get_anthropics_shape_and_type_names() {
+        for (path, shape) in [
+            ("/v1/messages", Shape::Anthropic),
+            ("/v1/messages/", Shape::Anthropic),
+            ("/v1/messages?beta=true", Shape::Anthropic),
+            ("/v1/messages/count_tokens", Shape::Anthropic),
+            ("/anthropic/v1/messages/batches/abc", Shape::Anthropic),
+            ("/v1/complete", Shape::Anthropic),
+            ("/v1/chat/completions", Shape::OpenAi),
+            ("/v1/responses", Shape::OpenAi),
+            ("/v1/threads/t1/messages", Shape::OpenAi),
+            ("/v1/messagesx", Shape::OpenAi),
+            ("", Shape::OpenAi),
+        ] {
+            assert_eq!(Shape::from_path(path), shape, "{path}");
+        }
+        let err = ApiError::new(ErrorKind::RateLimited, "budget_exceeded", "over \"budget\"");
+        let v: Value = serde_json::from_slice(&err.to_json_in(Shape::Anthropic)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "error", "error": {"type": "rate_limit_error", "message": "over \"budget\"", "code": "budget_exceeded"}})
+        );
+        assert_eq!(err.to_json_in(Shape::OpenAi), err.to_json());
+        let names = [
+            (ErrorKind::InvalidRequest, "invalid_request_error"),
+            (ErrorKind::Authentication, "authentication_error"),
+            (ErrorKind::PermissionDenied, "permission_error"),
+            (ErrorKind::NotFound, "not_found_error"),
+            (ErrorKind::RequestTooLarge, "request_too_large"),
+            (ErrorKind::RateLimited, "rate_limit_error"),
+            (ErrorKind::Internal, "api_error"),
+            (ErrorKind::Unavailable, "overloaded_error"),
+        ];
+        for (kind, name) in names {
+            assert_eq!(kind.anthropic_type(), name);
+        }
+    }
+
+    #[test]
     fn every_kind_maps_to_its_status() {
         let cases = [
             (ErrorKind::InvalidRequest, 400),
@@ -198,7 +330,9 @@ mod tests {
         ];
         for (kind, status) in cases {
             assert_eq!(kind.status(), status, "{kind:?}");
+            assert_eq!(ErrorKind::from_status(status), Some(kind));
         }
+        assert_eq!(ErrorKind::from_status(422), None);
         assert_eq!(ApiError::too_large(1024).status(), 413);
         assert!(ApiError::too_large(1024).message.contains("1024"));
     }

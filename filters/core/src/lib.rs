@@ -12,4 +12,4 @@ pub mod sse;
 pub mod usage;
 
 pub use api::Provider;
-pub use error::{ApiError, ErrorKind};
+pub use error::{ApiError, ErrorKind, Shape};

@@ -10,7 +10,7 @@ use crate::native;
 use crate::reason::Reason;
 use filter_host::metrics::{Family, Metric, Record as _};
 use filter_host::proxy_wasm::{self, traits::*, types::*};
-use filter_host::reply::send_error;
+use filter_host::reply::{send_error, shape_of_request};
 use filter_host::{HostError, abi, http, log, root, state};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -201,10 +201,12 @@ fn deny(id: u32, shared: &Shared, reason: Reason) -> Action {
     shared.metrics.borrow_mut().denied.get(reason.name()).inc();
     let challenge = shared.config.challenge(reason.bearer_error());
     let err = reason.to_api();
+    // jwt-auth only answers while it holds the request headers: their path is readable.
+    let shape = shape_of_request(id);
     if err.status() >= 500 {
-        send_error(id, &err, &[]);
+        send_error(id, shape, &err, &[]);
     } else {
-        send_error(id, &err, &[("www-authenticate", challenge)]);
+        send_error(id, shape, &err, &[("www-authenticate", challenge)]);
     }
     Action::Pause
 }

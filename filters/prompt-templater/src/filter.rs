@@ -6,7 +6,7 @@ use crate::config::{self, Config, Decorator};
 use crate::refusal::Refusal;
 use crate::render::{self, RenderError};
 use filter_core::hash::Fnv;
-use filter_core::{Provider, headers};
+use filter_core::{Provider, Shape, headers};
 use filter_host::body::{self, Body};
 use filter_host::configured::Filter;
 use filter_host::metrics::{Family, Record as _};
@@ -111,14 +111,14 @@ impl Http {
     /// Answers the request itself: the one place a refusal becomes a reply.
     fn refuse(&mut self, why: Refusal) -> Action {
         self.replied = true;
-        send_error(self.id, &why.to_error(), &[]);
+        send_error(self.id, Shape::from_path(&self.path), &why.to_error(), &[]);
         Action::Pause
     }
 
     fn on_body(&mut self, provider: Provider, bytes: &[u8]) -> Action {
         let shared = self.shared.clone();
         let decorators: Vec<&Decorator> = match provider {
-            Provider::OpenAiChat | Provider::Anthropic => shared
+            Provider::OpenAiChat | Provider::Anthropic | Provider::AnthropicCountTokens => shared
                 .config
                 .decorators
                 .iter()
@@ -226,6 +226,7 @@ impl HttpContext for Http {
         if http::request_header(self.id, ":method").as_deref() != Some("POST") {
             return Action::Continue;
         }
+        self.path = http::request_header(self.id, ":path").unwrap_or_default();
         if end_of_stream {
             // Without a body there is nothing to render into.
             let select_header = self.shared.config.select_header.clone();
@@ -234,7 +235,6 @@ impl HttpContext for Http {
             }
             return Action::Continue;
         }
-        self.path = http::request_header(self.id, ":path").unwrap_or_default();
         self.provider = Provider::from_path(&self.path);
         if self.provider.is_none() {
             return Action::Continue;

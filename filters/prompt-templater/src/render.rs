@@ -220,7 +220,8 @@ pub fn apply(
             );
             body.insert("messages".to_owned(), Value::Array(msgs));
         }
-        Provider::Anthropic => {
+        // count_tokens counts the prompt the template renders, as the message would send it.
+        Provider::Anthropic | Provider::AnthropicCountTokens => {
             let client = take_messages(body)?;
             let split = |list: Vec<(&str, String)>| -> (Vec<String>, Vec<Value>) {
                 let mut system = Vec::new();

@@ -184,6 +184,7 @@ fn provider_name(p: Provider) -> &'static str {
         Provider::OpenAiCompletions => "openai-completions",
         Provider::OpenAiEmbeddings => "openai-embeddings",
         Provider::Anthropic => "anthropic-messages",
+        Provider::AnthropicCountTokens => "anthropic-count-tokens",
     }
 }
 

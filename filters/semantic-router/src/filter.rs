@@ -6,7 +6,7 @@
 use crate::config::{ClientRoute, Config, FailureMode};
 use crate::decide::{self, Decision, Index, Method, Refusal};
 use filter_core::api::Request;
-use filter_core::{Provider, headers};
+use filter_core::{Provider, Shape, headers};
 use filter_host::body::{self as host_body, Body};
 use filter_host::metrics::Record as _;
 use filter_host::proxy_wasm::{self, traits::*, types::*};
@@ -88,6 +88,8 @@ struct Http {
     id: u32,
     shared: Rc<Shared>,
     provider: Option<Provider>,
+    /// The error shape of the client's API, from the path (read while the headers are held).
+    pub(crate) shape: Shape,
     /// The buffered request body, kept while the sidecar answers (for a `model` rewrite).
     body: Vec<u8>,
     /// An `Embed` in flight, and when it started.
@@ -99,7 +101,7 @@ struct Http {
 impl Http {
     /// Answers the request itself: the one place a refusal becomes a reply.
     fn refuse(&self, why: Refusal) -> Action {
-        send_error(self.id, &why.to_error(), &[]);
+        send_error(self.id, self.shape, &why.to_error(), &[]);
         Action::Pause
     }
 
@@ -285,7 +287,10 @@ impl HttpContext for Http {
             let _ = http::set_request_header(self.id, &cfg.header, None);
         }
         let path = http::request_header(self.id, ":path").unwrap_or_default();
-        self.provider = Provider::from_path(&path).filter(|p| *p != Provider::OpenAiEmbeddings);
+        self.shape = Shape::from_path(&path);
+        // Embeddings and token counts generate nothing: there is no model to choose.
+        self.provider =
+            Provider::from_path(&path).filter(|p| *p != Provider::OpenAiEmbeddings && p.generates());
         if self.provider.is_none() || end_of_stream {
             // Not a prompt: Envoy's routes without the header take it.
             self.done = true;

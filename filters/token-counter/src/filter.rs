@@ -1,13 +1,12 @@
 //! The proxy-wasm callbacks: they fetch bytes from Envoy, call the pure modules and turn the result
-//! into an `Action` or a local reply. Kept out of `lib.rs` so the pure modules' tests also run as
-//! wasm under Node, which has no proxy-wasm host to import from.
+//! into an `Action` or a local reply (kept out of `lib.rs`, so the pure modules' tests run as wasm).
 
 use crate::config::{Backend, Config, Price};
 use crate::count::{self, Counter};
 use crate::decide::{self, Refusal, Settlement};
 use crate::response::{Chunk, Tap};
 use filter_core::api::{Provider, Request};
-use filter_core::headers;
+use filter_core::{Shape, headers};
 use filter_host::body::{self, Body};
 use filter_host::metrics::Record as _;
 use filter_host::proxy_wasm::{self, traits::*, types::*};
@@ -56,6 +55,7 @@ struct Http {
     id: u32,
     shared: Rc<Shared>,
     provider: Option<Provider>,
+    pub(crate) shape: Shape, // the client API's error shape, from the path
     model: String,
     price: Option<Price>,
     counted: Option<u64>,
@@ -82,10 +82,9 @@ impl Http {
     /// Answers the request itself: the one place a refusal becomes a reply.
     fn refuse(&mut self, why: &Refusal) -> Action {
         self.replied = true;
-        match why.retry_after() {
-            Some(s) => send_error(self.id, &why.to_error(), &[("retry-after", &s.to_string())]),
-            None => send_error(self.id, &why.to_error(), &[]),
-        }
+        let retry = why.retry_after().map(|s| [("retry-after", s.to_string())]);
+        let extra: Vec<(&str, &str)> = retry.iter().flatten().map(|(k, v)| (*k, v.as_str())).collect();
+        send_error(self.id, self.shape, &why.to_error(), &extra);
         Action::Pause
     }
 
@@ -222,7 +221,8 @@ impl HttpContext for Http {
         let Some(path) = http::request_header(self.id, ":path") else {
             return Action::Continue;
         };
-        self.provider = Provider::from_path(&path);
+        self.shape = Shape::from_path(&path);
+        self.provider = Provider::from_path(&path).filter(|p| p.generates()); // count_tokens: never charged
         if self.provider.is_none() {
             return Action::Continue;
         }

@@ -116,7 +116,7 @@ impl HttpContext for Http {
                 "host_error",
                 "the gateway could not edit the request; it was not sent",
             );
-            send_error(self.id, &err, &[]);
+            send_error(self.id, filter_core::Shape::OpenAi, &err, &[]);
             return Action::Pause;
         }
         Action::Continue

@@ -86,7 +86,7 @@ impl Http {
         } else {
             ApiError::new(ErrorKind::Unavailable, "sidecar_unavailable", e.to_string())
         };
-        send_error(self.id, &err, &[]);
+        send_error(self.id, filter_core::Shape::OpenAi, &err, &[]);
     }
 }
 
@@ -142,7 +142,7 @@ impl HttpContext for Http {
         let text = match body::collect(BufferType::HttpRequestBody, body_size, end_of_stream, 1 << 20) {
             Body::Wait(a) => return a,
             Body::TooLarge(e) => {
-                send_error(self.id, &e, &[]);
+                send_error(self.id, filter_core::Shape::OpenAi, &e, &[]);
                 return Action::Pause;
             }
             Body::Complete(b) => String::from_utf8_lossy(&b).into_owned(),

@@ -7,6 +7,48 @@ use bytes::Bytes;
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
+/// The prompt's tokens. Anthropic's tokenizer is not public; the mock counts with o200k_base, which
+/// keeps the numbers real (same text, same count) without pretending to be Anthropic's figures.
+fn input_tokens(model: &str, req: &Value, msgs: &[Value]) -> u64 {
+    let mut prompt_text = String::new();
+    if let Some(system) = req.get("system") {
+        collect_text(system, &mut prompt_text);
+    }
+    for m in msgs {
+        if let Some(c) = m.get("content") {
+            collect_text(c, &mut prompt_text);
+        }
+    }
+    tokens::count(model, &prompt_text) + 4 * msgs.len() as u64
+}
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, the count a message with the same
+/// prompt is billed (docs.claude.com/en/api/messages-count-tokens). No `max_tokens`: the API
+/// refuses fields that are not part of a prompt.
+pub(super) fn count_tokens(req: &Value) -> Response<MockBody> {
+    let bad = |msg: &str| {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            &anthropic_error(msg, "invalid_request_error"),
+        )
+    };
+    let Some(model) = req.get("model").and_then(Value::as_str) else {
+        return bad("model: Field required");
+    };
+    let Some(msgs) = req.get("messages").and_then(Value::as_array) else {
+        return bad("messages: Field required");
+    };
+    for field in ["max_tokens", "stream", "temperature", "stop_sequences"] {
+        if req.get(field).is_some() {
+            return bad(&format!("{field}: Extra inputs are not permitted"));
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"input_tokens": input_tokens(model, req, msgs)}),
+    )
+}
+
 pub(super) fn messages(rec: &Recorded, req: &Value, ctl: &Controls) -> Response<MockBody> {
     let bad = |msg: &str| {
         json_response(
@@ -24,18 +66,7 @@ pub(super) fn messages(rec: &Recorded, req: &Value, ctl: &Controls) -> Response<
         return bad("messages: Field required");
     };
     let r = reply(model, &last_user_text(msgs), rec, ctl, Some(max_tokens));
-    // Anthropic's tokenizer is not public; the mock counts with o200k_base, which keeps the numbers
-    // real (same text, same count) without pretending to be Anthropic's exact figures.
-    let mut prompt_text = String::new();
-    if let Some(system) = req.get("system") {
-        collect_text(system, &mut prompt_text);
-    }
-    for m in msgs {
-        if let Some(c) = m.get("content") {
-            collect_text(c, &mut prompt_text);
-        }
-    }
-    let all_input = tokens::count(model, &prompt_text) + 4 * msgs.len() as u64;
+    let all_input = input_tokens(model, req, msgs);
     let cached = ctl.cached_tokens.min(all_input);
     let input_tokens = all_input - cached;
     let h = fnv(&rec.body);

@@ -194,6 +194,13 @@ enum Api {
     Completions,
     Embeddings,
     Messages,
+    CountTokens,
+}
+
+impl Api {
+    const fn is_anthropic(self) -> bool {
+        matches!(self, Self::Messages | Self::CountTokens)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -273,6 +280,7 @@ async fn handle(req: Request<Incoming>, journal: Arc<Journal>) -> Result<Respons
         ("POST", "/v1/completions") => Api::Completions,
         ("POST", "/v1/embeddings") => Api::Embeddings,
         ("POST", "/v1/messages") => Api::Messages,
+        ("POST", "/v1/messages/count_tokens") => Api::CountTokens,
         _ => {
             return Ok(json_response(
                 StatusCode::NOT_FOUND,
@@ -295,7 +303,7 @@ async fn handle(req: Request<Incoming>, journal: Arc<Journal>) -> Result<Respons
             _ => "api_error",
         };
         let msg = format!("mock error {status}");
-        let body = if api == Api::Messages {
+        let body = if api.is_anthropic() {
             anthropic_error(&msg, kind)
         } else {
             openai_error(&msg, kind)
@@ -304,7 +312,7 @@ async fn handle(req: Request<Incoming>, journal: Arc<Journal>) -> Result<Respons
     }
     let Ok(request) = serde_json::from_slice::<Value>(&rec.body) else {
         let msg = "We could not parse the JSON body of your request.";
-        let body = if api == Api::Messages {
+        let body = if api.is_anthropic() {
             anthropic_error(msg, "invalid_request_error")
         } else {
             openai_error(msg, "invalid_request_error")
@@ -316,6 +324,7 @@ async fn handle(req: Request<Incoming>, journal: Arc<Journal>) -> Result<Respons
         Api::Completions => openai::completions(&rec, &request, &ctl),
         Api::Embeddings => openai::embeddings(&request),
         Api::Messages => anthropic::messages(&rec, &request, &ctl),
+        Api::CountTokens => anthropic::count_tokens(&request),
     })
 }
 

@@ -3,6 +3,7 @@
 //! clients drive them. One module per filter, plus the whole chain, the sidecar through Envoy, the
 //! OCI packages and the token-count reference.
 
+mod api_surface;
 mod common;
 mod content_moderator;
 mod envoy_limits;

@@ -13,16 +13,9 @@ use tollgate_it::client::{self, Client, Response};
 use tollgate_it::envoy::{Envoy, Options, default_ports};
 use tollgate_it::issuer::{JwksServer, Key, KeyDir, KeyKind, Mode, jwks, now};
 use tollgate_it::mock::MockLlm;
+use xtask::filters::CHAIN;
 
 const CHAT: &str = "/v1/chat/completions";
-const CHAIN: [&str; 6] = [
-    "jwt-auth.yaml",
-    "prompt-templater.yaml",
-    "content-moderator.yaml",
-    "semantic-router.yaml",
-    "response-cache.yaml",
-    "token-counter.yaml",
-];
 
 struct Chain {
     envoy: Envoy,
@@ -105,8 +98,8 @@ fn chain_options(ports: &[(u16, u16)]) -> Options<'static> {
     for (from, to) in ports {
         opts = opts.upstream(*from, *to);
     }
-    for s in CHAIN {
-        opts = opts.snippet(s);
+    for f in &CHAIN {
+        opts = opts.filter(f);
     }
     opts
 }

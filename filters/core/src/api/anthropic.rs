@@ -8,8 +8,10 @@ use serde_json::Value;
 pub struct MessagesRequest {
     pub model: String,
     pub messages: Vec<Message>,
-    /// Required by the API.
-    pub max_tokens: u64,
+    /// Required by the Messages API ([`super::Request::parse`] refuses a body without it);
+    /// absent from a count_tokens request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<Content>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -24,6 +24,10 @@ pub enum Provider {
     OpenAiEmbeddings,
     /// `POST /v1/messages`
     Anthropic,
+    /// `POST /v1/messages/count_tokens`: a Messages request without `max_tokens`, answered with
+    /// `{"input_tokens": N}`. Moderated and templated like a message; never charged, cached or
+    /// routed (nothing is generated).
+    AnthropicCountTokens,
 }
 
 impl Provider {
@@ -44,13 +48,25 @@ impl Provider {
         } else if path.ends_with("/v1/messages") {
             // Only Anthropic's endpoint: OpenAI's Assistants API has `/v1/threads/{id}/messages`.
             Some(Self::Anthropic)
+        } else if path.ends_with("/v1/messages/count_tokens") {
+            Some(Self::AnthropicCountTokens)
         } else {
             None
         }
     }
 
     pub const fn is_openai(self) -> bool {
-        !matches!(self, Self::Anthropic)
+        !self.is_anthropic()
+    }
+
+    pub const fn is_anthropic(self) -> bool {
+        matches!(self, Self::Anthropic | Self::AnthropicCountTokens)
+    }
+
+    /// Whether the model generates an answer (which is then charged, cached and routed); false for
+    /// count_tokens.
+    pub const fn generates(self) -> bool {
+        !matches!(self, Self::AnthropicCountTokens)
     }
 }
 
@@ -69,7 +85,16 @@ impl Request {
             Provider::OpenAiChat => Self::Chat(serde_json::from_slice(body)?),
             Provider::OpenAiCompletions => Self::Completions(serde_json::from_slice(body)?),
             Provider::OpenAiEmbeddings => Self::Embeddings(serde_json::from_slice(body)?),
-            Provider::Anthropic => Self::Messages(serde_json::from_slice(body)?),
+            Provider::Anthropic => {
+                let r: anthropic::MessagesRequest = serde_json::from_slice(body)?;
+                if r.max_tokens.is_none() {
+                    return Err(<serde_json::Error as serde::de::Error>::missing_field(
+                        "max_tokens",
+                    ));
+                }
+                Self::Messages(r)
+            }
+            Provider::AnthropicCountTokens => Self::Messages(serde_json::from_slice(body)?),
         })
     }
 
@@ -117,7 +142,7 @@ impl Request {
             Self::Chat(r) => r.max_completion_tokens.or(r.max_tokens),
             Self::Completions(r) => r.max_tokens,
             Self::Embeddings(_) => None,
-            Self::Messages(r) => Some(r.max_tokens),
+            Self::Messages(r) => r.max_tokens,
         }
     }
 }
@@ -136,9 +161,14 @@ mod tests {
             ("/v1/completions", Some(Provider::OpenAiCompletions)),
             ("/v1/embeddings", Some(Provider::OpenAiEmbeddings)),
             ("/v1/messages", Some(Provider::Anthropic)),
+            ("/v1/messages/count_tokens", Some(Provider::AnthropicCountTokens)),
+            (
+                "/anthropic/v1/messages/count_tokens?beta=true",
+                Some(Provider::AnthropicCountTokens),
+            ),
+            ("/v1/messages/batches", None),
             ("/anthropic/v1/messages", Some(Provider::Anthropic)),
             ("/v1/threads/thread_abc/messages", None),
-            ("/v1/messages/count_tokens", None),
             ("/v1/models", None),
             ("/", None),
         ];
@@ -194,6 +224,16 @@ mod tests {
         assert!(
             Request::parse(Provider::Anthropic, br#"{"model":"c","messages":[]}"#).is_err(),
             "max_tokens is required"
+        );
+        let count = Request::parse(
+            Provider::AnthropicCountTokens,
+            br#"{"model":"c","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(count.max_output_tokens(), None);
+        assert_eq!(
+            count.to_vec().unwrap(),
+            br#"{"model":"c","messages":[{"role":"user","content":"hi"}]}"#
         );
     }
 }

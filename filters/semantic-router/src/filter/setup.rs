@@ -5,6 +5,7 @@ use super::metrics::Metrics;
 use super::{Http, Shared, examples};
 use crate::config;
 use crate::decide;
+use filter_core::Shape;
 use filter_host::configured::Filter;
 use filter_host::proxy_wasm::traits::HttpContext;
 use filter_host::root;
@@ -43,6 +44,7 @@ impl Filter for Shared {
             id: context_id,
             shared: shared.clone(),
             provider: None,
+            shape: Shape::OpenAi,
             body: Vec::new(),
             embedding: None,
             done: false,

@@ -6,6 +6,7 @@ use super::metrics::Metrics;
 use super::{Http, Shared, ledger};
 use crate::config::{self, Backend};
 use crate::count::Counter;
+use filter_core::Shape;
 use filter_host::configured::Filter;
 use filter_host::metrics::Record as _;
 use filter_host::proxy_wasm::traits::HttpContext;
@@ -58,6 +59,7 @@ impl Filter for Shared {
             id: context_id,
             shared: shared.clone(),
             provider: None,
+            shape: Shape::OpenAi,
             model: String::new(),
             price: None,
             counted: None,
