@@ -5,7 +5,7 @@
 use crate::config::{Action, Rules};
 use crate::moderate::{self, Finding};
 use filter_core::api::{Provider, Request, anthropic, openai};
-use filter_core::prompt;
+use filter_core::reads;
 use serde_json::Value;
 
 /// What moderation decided for a body.
@@ -65,86 +65,30 @@ fn json_strings_mut<'a>(v: &'a mut Value, out: &mut Vec<&'a mut String>) {
     }
 }
 
-/// What the model reads beyond `filter_core::prompt`'s segments: tool definitions (both APIs) and
-/// the inputs of earlier Anthropic `tool_use` blocks. Same order as [`extras_mut`].
-fn extras(req: &Request) -> Vec<&str> {
-    let mut out = Vec::new();
-    match req {
-        Request::Chat(r) => r.tools.iter().flatten().for_each(|t| json_strings(t, &mut out)),
-        Request::Messages(r) => {
-            r.tools.iter().flatten().for_each(|t| json_strings(t, &mut out));
-            for m in &r.messages {
-                if let anthropic::Content::Blocks(blocks) = &m.content {
-                    for b in blocks.iter().filter(|b| b.kind == "tool_use") {
-                        if let Some(input) = b.extra.get("input") {
-                            json_strings(input, &mut out);
-                        }
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-    out
-}
-
-fn extras_mut(req: &mut Request) -> Vec<&mut String> {
-    let mut out = Vec::new();
-    match req {
-        Request::Chat(r) => r
-            .tools
-            .iter_mut()
-            .flatten()
-            .for_each(|t| json_strings_mut(t, &mut out)),
-        Request::Messages(r) => {
-            r.tools
-                .iter_mut()
-                .flatten()
-                .for_each(|t| json_strings_mut(t, &mut out));
-            for m in &mut r.messages {
-                if let anthropic::Content::Blocks(blocks) = &mut m.content {
-                    for b in blocks.iter_mut().filter(|b| b.kind == "tool_use") {
-                        if let Some(input) = b.extra.get_mut("input") {
-                            json_strings_mut(input, &mut out);
-                        }
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-    out
-}
-
 pub fn request(rules: &Rules, provider: Provider, body: &[u8]) -> Result<Outcome, BodyError> {
     let mut req = Request::parse(provider, body).map_err(|e| invalid(&e))?;
     if rules.categories.is_empty() {
         return Ok(Outcome::default());
     }
-    let segments = prompt::segments(&req);
-    let extra = extras(&req);
-    let (per_text, mut out) = scan_texts(
-        rules,
-        segments.iter().map(|s| s.text).chain(extra.iter().copied()),
-    );
-    let n_segments = segments.len();
-    drop(segments);
-    drop(extra);
+    if reads::token_id_prompt(&req) {
+        return Err(BodyError::Invalid(
+            "a prompt given as token ids cannot be moderated; send it as text".into(),
+        ));
+    }
+    // Every text the model reads, in the order the mutable walk below visits them.
+    let mut texts = Vec::new();
+    reads::for_each(&req, &mut |t| texts.push(t));
+    let (per_text, mut out) = scan_texts(rules, texts.into_iter());
     if out.blocked.is_some() || !out.findings.iter().any(|(_, a)| *a == Action::Mask) {
         return Ok(out);
     }
     let mut k = 0;
-    prompt::for_each_text_mut(&mut req, |t| {
+    reads::for_each_mut(&mut req, &mut |t| {
         if let Some(masked) = per_text.get(k).and_then(|f| moderate::apply_masks(t, f)) {
             *t = masked;
         }
         k += 1;
     });
-    mask(
-        &out,
-        per_text.get(n_segments..).unwrap_or_default(),
-        extras_mut(&mut req).into_iter(),
-    );
     out.body = Some(req.to_vec().map_err(|e| BodyError::Serialize(e.to_string()))?);
     Ok(out)
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod hash;
 pub mod headers;
 pub mod prompt;
+pub mod reads;
 pub mod sse;
 pub mod usage;
 

@@ -246,6 +246,118 @@ async fn every_text_the_model_reads_is_moderated_in_both_apis() {
     );
 }
 
+/// A blocked secret in each field the API references say the model reads, beyond the message
+/// contents above (filter_core::reads): each is refused and the provider sees none of them. A
+/// completions prompt given as token ids cannot be read without the tokenizer, so it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_secret_reaches_the_provider_through_no_field() {
+    let mock = MockLlm::start().unwrap();
+    let envoy = shipped(&mock);
+    let s = "AKIAIOSFODNN7EXAMPLE";
+    let user = json!({"role": "user", "content": "hello"});
+    let claude = |content: Value| {
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 10,
+                                         "messages": [{"role": "user", "content": content}]})
+    };
+    let cases = [
+        (
+            "message name",
+            CHAT,
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "name": s, "content": "hi"}]}),
+        ),
+        (
+            "functions[].description",
+            CHAT,
+            json!({"model": "gpt-4o-mini", "messages": [user],
+            "functions": [{"name": "f", "description": s, "parameters": {"type": "object"}}]}),
+        ),
+        (
+            "assistant function_call.arguments",
+            CHAT,
+            json!({"model": "gpt-4o-mini", "messages": [user,
+            {"role": "assistant", "content": null, "function_call": {"name": "f", "arguments": format!("{{\"k\": \"{s}\"}}")}},
+            {"role": "function", "name": "f", "content": "ok"}]}),
+        ),
+        (
+            "response_format.json_schema",
+            CHAT,
+            json!({"model": "gpt-4o-mini", "messages": [user],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "o", "schema": {"type": "object",
+                "properties": {"a": {"type": "string", "description": s}}}}}}),
+        ),
+        (
+            "prediction.content",
+            CHAT,
+            json!({"model": "gpt-4o-mini", "messages": [user],
+            "prediction": {"type": "content", "content": s}}),
+        ),
+        (
+            "assistant refusal part",
+            CHAT,
+            json!({"model": "gpt-4o-mini", "messages": [user,
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": s}]}, user]}),
+        ),
+        (
+            "completions suffix",
+            "/v1/completions",
+            json!({"model": "gpt-3.5-turbo-instruct", "prompt": "a", "suffix": s}),
+        ),
+        (
+            "document with a text source",
+            MESSAGES,
+            claude(json!([{"type": "document",
+            "source": {"type": "text", "media_type": "text/plain", "data": s}}, {"type": "text", "text": "sum up"}])),
+        ),
+        (
+            "search_result",
+            MESSAGES,
+            claude(json!([{"type": "search_result", "source": "https://kb.example/1",
+            "title": "kb", "content": [{"type": "text", "text": s}]}, {"type": "text", "text": "sum up"}])),
+        ),
+        (
+            "count_tokens document",
+            "/v1/messages/count_tokens",
+            json!({"model": "claude-sonnet-4-5",
+            "messages": [{"role": "user", "content": [{"type": "document",
+                "source": {"type": "text", "media_type": "text/plain", "data": s}}]}]}),
+        ),
+    ];
+    for (what, path, body) in cases {
+        let before = mock.journal.count();
+        let r = send(&envoy, path, &body).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "content_blocked", "{what}: {v}");
+        assert!(!r.text().contains(s), "{what}: the error repeats the secret");
+        assert_eq!(mock.journal.count(), before, "{what}: reached the provider");
+    }
+    // A token-id prompt: refused as unreadable, not passed unread.
+    let before = mock.journal.count();
+    let r = send(
+        &envoy,
+        "/v1/completions",
+        &json!({"model": "gpt-3.5-turbo-instruct", "prompt": [3923, 374, 264]}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "invalid_request_body");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("token ids"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(mock.journal.count(), before);
+    // The same fields without a secret pass, untouched.
+    let clean = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "name": "ada", "content": "hi"}],
+        "prediction": {"type": "content", "content": "a draft"}});
+    let r = send(&envoy, CHAT, &clean).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(echoed_request(&r)["prediction"]["content"], "a draft");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_responses_of_both_apis_are_masked_or_blocked() {
     let mock = MockLlm::start().unwrap();
