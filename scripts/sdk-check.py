@@ -112,6 +112,43 @@ def anthropic_count_tokens():
     expect(c.input_tokens == m.usage.input_tokens, f"count {c.input_tokens}, billed {m.usage.input_tokens}")
 
 
+OA_TOOLS = [{"type": "function", "function": {"name": "send_mail", "description": "Send an e-mail",
+             "parameters": {"type": "object", "properties": {"to": {"type": "string"}}}}}]
+AN_TOOLS = [{"name": "send_mail", "description": "Send an e-mail",
+             "input_schema": {"type": "object", "properties": {"to": {"type": "string"}}}}]
+# The mock calls the first tool with these arguments when asked (x-mock-tool-call).
+CALL = {"x-mock-tool-call": '{"to":"finance team"}'}
+
+
+def openai_tools():
+    msgs = [{"role": "user", "content": "Mail the report"}]
+    r = oa.chat.completions.create(model="gpt-4o-mini", messages=msgs, tools=OA_TOOLS, extra_headers=CALL)
+    call = r.choices[0].message.tool_calls[0]
+    expect(r.choices[0].finish_reason == "tool_calls", r.choices[0].finish_reason)
+    expect((call.function.name, call.function.arguments) == ("send_mail", '{"to":"finance team"}'), f"{call}")
+    with oa.chat.completions.stream(model="gpt-4o-mini", messages=msgs, tools=OA_TOOLS, extra_headers=CALL) as s:
+        for _ in s:
+            pass
+        final = s.get_final_completion()
+    args = final.choices[0].message.tool_calls[0].function.arguments
+    expect(args == '{"to":"finance team"}', f"streamed arguments {args!r}")
+
+
+def anthropic_tools():
+    msgs = [{"role": "user", "content": "Mail the report"}]
+    h = dict(CALL, **{"x-mock-thinking": "1"})
+    m = an.messages.create(model="claude-sonnet-4-5", max_tokens=200, messages=msgs, tools=AN_TOOLS, extra_headers=h)
+    expect(m.stop_reason == "tool_use", m.stop_reason)
+    expect([b.type for b in m.content] == ["thinking", "tool_use"], f"{m.content}")
+    expect(m.content[1].input == {"to": "finance team"}, f"{m.content[1]}")
+    with an.messages.stream(model="claude-sonnet-4-5", max_tokens=200, messages=msgs, tools=AN_TOOLS,
+                            extra_headers=h) as s:
+        final = s.get_final_message()
+    tool = [b for b in final.content if b.type == "tool_use"]
+    expect(tool and tool[0].input == {"to": "finance team"}, f"streamed {final.content}")
+    expect(final.content[0].type == "thinking" and final.content[0].signature, f"{final.content[0]}")
+
+
 def errors_401():
     bad_oa = openai.OpenAI(base_url=f"{GW}/v1", api_key="not-a-jwt", max_retries=0, timeout=30)
     raises(openai.AuthenticationError, lambda: bad_oa.chat.completions.create(
@@ -176,6 +213,8 @@ check("openai embeddings.create", openai_embeddings)
 check("anthropic messages.create", anthropic_message)
 check("anthropic messages.stream", anthropic_stream)
 check("anthropic messages.count_tokens equals the billed input tokens", anthropic_count_tokens)
+check("openai tool calls, JSON and streamed (tool_calls deltas assembled by the SDK)", openai_tools)
+check("anthropic tool_use and thinking, JSON and streamed (input_json_delta assembled by the SDK)", anthropic_tools)
 check("401 -> AuthenticationError (both SDKs)", errors_401)
 check("400 context_length_exceeded and content_blocked -> BadRequestError (both SDKs)", errors_400)
 check("413 -> APIStatusError 413 (both SDKs)", errors_413)

@@ -1,5 +1,6 @@
 //! A mock LLM provider speaking the OpenAI and Anthropic HTTP APIs on the wire as the real ones do:
-//! `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/messages`, JSON and SSE
+//! `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/messages` (and
+//! `/v1/messages/count_tokens`), JSON and SSE
 //! streaming (OpenAI chunks with `stream_options.include_usage`; Anthropic `message_start` …
 //! `message_stop`). Replies are derived from the request, so the same request always gets the same
 //! bytes. `usage` carries real tiktoken counts.
@@ -17,6 +18,9 @@
 //! - `x-mock-malformed-sse: 1` — after the first streamed event, send events no provider should:
 //!   broken JSON, a wrong-typed `usage`, a line without a field name, invalid UTF-8, a 64 KiB line
 //!   split across writes, CR line endings; then the rest of the stream as usual.
+//! - `x-mock-tool-call: 1` (or a JSON object: the arguments) — on a request that defines tools,
+//!   call the first one (OpenAI `tool_calls`, Anthropic `tool_use`; streamed in fragments).
+//! - `x-mock-thinking: 1` — Anthropic: a `thinking` block, with its signature, before the answer.
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -36,6 +40,7 @@ use tokio::sync::mpsc;
 mod anthropic;
 mod openai;
 mod reply;
+mod tools;
 
 /// Largest request body the mock accepts (the real APIs accept far more; tests need no more).
 const MAX_BODY: usize = 64 << 20;
@@ -215,6 +220,10 @@ pub(super) struct Controls {
     cached_tokens: u64,
     no_usage: bool,
     malformed_sse: bool,
+    /// `x-mock-tool-call`: call the request's first tool (see `tools`).
+    tool_call: Option<String>,
+    /// `x-mock-thinking`: an Anthropic thinking block before the answer.
+    thinking: bool,
 }
 
 impl Controls {
@@ -234,6 +243,10 @@ impl Controls {
                 .is_some_and(|v| v == "1" || v == "true"),
             malformed_sse: req
                 .header("x-mock-malformed-sse")
+                .is_some_and(|v| v == "1" || v == "true"),
+            tool_call: req.header("x-mock-tool-call").map(str::to_owned),
+            thinking: req
+                .header("x-mock-thinking")
                 .is_some_and(|v| v == "1" || v == "true"),
         }
     }

@@ -1,7 +1,7 @@
 //! OpenAI chat completions, completions and embeddings, as the API sends them.
 
 use super::reply::{base64_encode, fnv, last_user_text, pseudo_embedding, reply};
-use super::{Controls, MockBody, Recorded, json_response, openai_error, sse_response};
+use super::{Controls, MockBody, Recorded, json_response, openai_error, sse_response, tools};
 use crate::tokens;
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
@@ -24,19 +24,31 @@ pub(super) fn chat(rec: &Recorded, req: &Value, ctl: &Controls) -> Response<Mock
         .get("max_completion_tokens")
         .or_else(|| req.get("max_tokens"))
         .and_then(Value::as_u64);
-    let r = reply(model, &last_user_text(messages), rec, ctl, max);
+    let prompt = last_user_text(messages);
+    let r = reply(model, &prompt, rec, ctl, max);
+    let call = tools::tool_call(model, req, rec, ctl, &prompt, false);
     let prompt_tokens = tokens::chat_prompt_tokens(model, messages);
     let h = fnv(&rec.body);
     let id = format!("chatcmpl-mock{h:016x}");
     let created = 1_700_000_000 + h % 100_000_000;
     let fingerprint = "fp_mock0001";
-    let finish = if r.finish_length { "length" } else { "stop" };
-    let usage = openai_usage(prompt_tokens, r.completion_tokens, ctl.cached_tokens);
+    let finish = match (&call, r.finish_length) {
+        (Some(_), _) => "tool_calls",
+        (None, true) => "length",
+        (None, false) => "stop",
+    };
+    let completion_tokens = call.as_ref().map_or(r.completion_tokens, |c| c.completion_tokens);
+    let usage = openai_usage(prompt_tokens, completion_tokens, ctl.cached_tokens);
     if req.get("stream").and_then(Value::as_bool) != Some(true) {
+        let message = match &call {
+            Some(c) => json!({"role": "assistant", "content": null, "refusal": null, "annotations": [],
+                              "tool_calls": [{"id": c.id, "type": "function",
+                                              "function": {"name": c.name, "arguments": c.arguments}}]}),
+            None => json!({"role": "assistant", "content": r.text, "refusal": null, "annotations": []}),
+        };
         let mut body = json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text, "refusal": null, "annotations": []},
-                         "logprobs": null, "finish_reason": finish}],
+            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
             "usage": usage, "service_tier": "default", "system_fingerprint": fingerprint
         });
         if ctl.no_usage
@@ -59,15 +71,37 @@ pub(super) fn chat(rec: &Recorded, req: &Value, ctl: &Controls) -> Response<Mock
         }
         openai_event(&c)
     };
-    let mut events = vec![chunk(
-        json!([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": null}, "logprobs": null, "finish_reason": null}]),
-        None,
-    )];
-    for p in &r.pieces {
-        events.push(chunk(
-            json!([{"index": 0, "delta": {"content": p}, "logprobs": null, "finish_reason": null}]),
-            None,
-        ));
+    let mut events = Vec::new();
+    match &call {
+        // The first chunk names the call; the rest carry argument fragments.
+        Some(c) => {
+            events.push(chunk(
+                json!([{"index": 0, "delta": {"role": "assistant", "content": null, "refusal": null,
+                        "tool_calls": [{"index": 0, "id": c.id, "type": "function",
+                                        "function": {"name": c.name, "arguments": ""}}]},
+                        "logprobs": null, "finish_reason": null}]),
+                None,
+            ));
+            for p in &c.pieces {
+                events.push(chunk(
+                    json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": p}}]},
+                            "logprobs": null, "finish_reason": null}]),
+                    None,
+                ));
+            }
+        }
+        None => {
+            events.push(chunk(
+                json!([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": null}, "logprobs": null, "finish_reason": null}]),
+                None,
+            ));
+            for p in &r.pieces {
+                events.push(chunk(
+                    json!([{"index": 0, "delta": {"content": p}, "logprobs": null, "finish_reason": null}]),
+                    None,
+                ));
+            }
+        }
     }
     events.push(chunk(
         json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish}]),

@@ -17,4 +17,5 @@ mod semantic_router;
 mod sidecar_probe;
 mod token_counter;
 mod token_reference;
+mod tool_calls;
 mod whole_chain;
