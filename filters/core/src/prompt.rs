@@ -1,5 +1,6 @@
 //! The text a model will read, pulled out of any supported request without copying it.
 
+use crate::api::responses::{ItemKind, ResponsesRequest};
 use crate::api::{Request, anthropic, openai};
 use serde_json::Value;
 
@@ -55,6 +56,126 @@ pub fn for_each_segment<'a>(req: &'a Request, mut f: impl FnMut(Segment<'a>)) {
                 anthropic_content(Some(i), Role::parse(&m.role), &m.content, &mut f);
             }
         }
+        Request::Responses(r) => responses(r, &mut f),
+    }
+}
+
+/// The texts of a Responses item, with the role they are read in: a message's content (a string,
+/// or the `text` of its parts), a call's `arguments`, a call output's `output`, a reasoning
+/// item's `summary` texts.
+fn item_texts(item: &Value) -> (Role, Vec<&str>) {
+    let mut out = Vec::new();
+    let role = match ItemKind::of(item) {
+        ItemKind::Message => {
+            match item.get("content") {
+                Some(Value::String(s)) => out.push(s.as_str()),
+                Some(Value::Array(parts)) => out.extend(parts.iter().filter_map(|p| p.get("text")?.as_str())),
+                _ => {}
+            }
+            Role::parse(item.get("role").and_then(Value::as_str).unwrap_or(""))
+        }
+        ItemKind::FunctionCall => {
+            out.extend(
+                ["arguments", "input"]
+                    .iter()
+                    .filter_map(|k| item.get(*k)?.as_str()),
+            );
+            Role::Assistant
+        }
+        ItemKind::FunctionCallOutput => {
+            match item.get("output") {
+                Some(Value::String(s)) => out.push(s.as_str()),
+                Some(Value::Array(parts)) => out.extend(parts.iter().filter_map(|p| p.get("text")?.as_str())),
+                _ => {}
+            }
+            Role::Tool
+        }
+        ItemKind::Reasoning => {
+            let summary = item.get("summary").and_then(Value::as_array);
+            out.extend(
+                summary
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.get("text")?.as_str()),
+            );
+            Role::Assistant
+        }
+        ItemKind::Other => Role::Other,
+    };
+    (role, out)
+}
+
+fn responses<'a>(r: &'a ResponsesRequest, f: &mut impl FnMut(Segment<'a>)) {
+    if let Some(t) = &r.instructions {
+        f(Segment {
+            message: None,
+            role: Role::System,
+            text: t,
+        });
+    }
+    match &r.input {
+        Value::String(s) => f(Segment {
+            message: Some(0),
+            role: Role::User,
+            text: s,
+        }),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let (role, texts) = item_texts(item);
+                for text in texts {
+                    f(Segment {
+                        message: Some(i),
+                        role,
+                        text,
+                    });
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// [`item_texts`], mutable: the same strings in the same order.
+fn item_texts_mut(item: &mut Value, f: &mut impl FnMut(&mut String)) {
+    let parts_text = |v: &mut Value, f: &mut dyn FnMut(&mut String)| match v {
+        Value::String(s) => f(s),
+        Value::Array(parts) => {
+            for p in parts {
+                if let Some(Value::String(t)) = p.get_mut("text") {
+                    f(t);
+                }
+            }
+        }
+        _ => {}
+    };
+    match ItemKind::of(item) {
+        ItemKind::Message => {
+            if let Some(c) = item.get_mut("content") {
+                parts_text(c, f);
+            }
+        }
+        ItemKind::FunctionCall => {
+            for k in ["arguments", "input"] {
+                if let Some(Value::String(s)) = item.get_mut(k) {
+                    f(s);
+                }
+            }
+        }
+        ItemKind::FunctionCallOutput => {
+            if let Some(o) = item.get_mut("output") {
+                parts_text(o, f);
+            }
+        }
+        ItemKind::Reasoning => {
+            if let Some(Value::Array(summary)) = item.get_mut("summary") {
+                for p in summary {
+                    if let Some(Value::String(t)) = p.get_mut("text") {
+                        f(t);
+                    }
+                }
+            }
+        }
+        ItemKind::Other => {}
     }
 }
 
@@ -92,6 +213,16 @@ pub fn for_each_text_mut(req: &mut Request, mut f: impl FnMut(&mut String)) {
             }
             for m in &mut r.messages {
                 anthropic_content_mut(&mut m.content, &mut f);
+            }
+        }
+        Request::Responses(r) => {
+            if let Some(t) = &mut r.instructions {
+                f(t);
+            }
+            match &mut r.input {
+                Value::String(s) => f(s),
+                Value::Array(items) => items.iter_mut().for_each(|i| item_texts_mut(i, &mut f)),
+                _ => {}
             }
         }
     }
@@ -296,6 +427,11 @@ mod tests {
                 Provider::Anthropic,
                 r#"{"model":"m","max_tokens":1,"system":[{"type":"text","text":"a"}],"messages":[{"role":"user","content":[{"type":"text","text":"b"},{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"c"}]}]},{"role":"assistant","content":"d"}]}"#,
             ),
+            (
+                Provider::OpenAiResponses,
+                r#"{"model":"m","instructions":"a","input":"b"}"#,
+            ),
+            (Provider::OpenAiResponses, RESPONSES_ITEMS),
         ];
         for (provider, body) in bodies {
             let mut req = Request::parse(provider, body.as_bytes()).unwrap();
@@ -312,6 +448,38 @@ mod tests {
                 "{provider:?}: {changed:?}"
             );
         }
+    }
+
+    /// Every kind of Responses input item, in a two-turn conversation with a tool call.
+    const RESPONSES_ITEMS: &str = r#"{"model":"m","instructions":"sys","input":[
+        {"role":"developer","content":"dev"},
+        {"type":"message","role":"user","content":[{"type":"input_text","text":"u1"},{"type":"input_image","image_url":"data:x"}]},
+        {"type":"reasoning","id":"rs_1","summary":[{"type":"summary_text","text":"thought"}]},
+        {"type":"function_call","call_id":"c1","name":"f","arguments":"{\"q\":1}"},
+        {"type":"function_call_output","call_id":"c1","output":"result"},
+        {"type":"message","role":"assistant","content":[{"type":"output_text","text":"a1"}]},
+        {"role":"user","content":"u2"}]}"#;
+
+    #[test]
+    fn responses_input_items_are_read_in_their_roles_and_the_turn_is_the_last_user_input() {
+        let got = texts(Provider::OpenAiResponses, RESPONSES_ITEMS);
+        let want = [
+            (Role::System, "sys"),
+            (Role::System, "dev"),
+            (Role::User, "u1"),
+            (Role::Assistant, "thought"),
+            (Role::Assistant, "{\"q\":1}"),
+            (Role::Tool, "result"),
+            (Role::Assistant, "a1"),
+            (Role::User, "u2"),
+        ];
+        assert_eq!(got, want.map(|(r, t)| (r, t.to_owned())));
+        let req = Request::parse(Provider::OpenAiResponses, RESPONSES_ITEMS.as_bytes()).unwrap();
+        assert_eq!(turn_input(&req), "u2");
+        assert_eq!(last_user_text(&req).as_deref(), Some("u2"));
+        let one = Request::parse(Provider::OpenAiResponses, br#"{"model":"m","input":"hi"}"#).unwrap();
+        assert_eq!(last_user_text(&one).as_deref(), Some("hi"));
+        assert_eq!(one.to_vec().unwrap(), br#"{"model":"m","input":"hi"}"#);
     }
 
     #[test]

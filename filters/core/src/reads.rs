@@ -38,6 +38,12 @@ pub fn for_each<'a>(req: &'a Request, f: &mut dyn FnMut(&'a str)) {
             }
         }
         Request::Embeddings(_) => {}
+        Request::Responses(r) => {
+            r.tools.iter().flatten().for_each(|t| json(t, f));
+            if let Some(v) = r.extra.get("text") {
+                json(v, f);
+            }
+        }
         Request::Messages(r) => {
             for m in &r.messages {
                 if let anthropic::Content::Blocks(blocks) = &m.content {
@@ -70,6 +76,12 @@ pub fn for_each_mut(req: &mut Request, f: &mut dyn FnMut(&mut String)) {
             }
         }
         Request::Embeddings(_) => {}
+        Request::Responses(r) => {
+            r.tools.iter_mut().flatten().for_each(|t| json_mut(t, f));
+            if let Some(v) = r.extra.get_mut("text") {
+                json_mut(v, f);
+            }
+        }
         Request::Messages(r) => {
             for m in &mut r.messages {
                 if let anthropic::Content::Blocks(blocks) = &mut m.content {
@@ -379,6 +391,32 @@ mod tests {
                 Provider::Anthropic,
                 json!({"model": "m", "max_tokens": 1, "messages": [user], "tools": [
                     {"name": "f", "description": S, "input_schema": {"type": "object"}}]}),
+            ),
+            (
+                "responses: input string",
+                Provider::OpenAiResponses,
+                json!({"model": "m", "input": S}),
+            ),
+            (
+                "responses: instructions",
+                Provider::OpenAiResponses,
+                json!({"model": "m", "instructions": S, "input": "hi"}),
+            ),
+            (
+                "responses: function_call_output",
+                Provider::OpenAiResponses,
+                json!({"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": S}]}),
+            ),
+            (
+                "responses: tools",
+                Provider::OpenAiResponses,
+                json!({"model": "m", "input": "hi", "tools": [{"type": "function", "name": "f", "description": S, "parameters": {}}]}),
+            ),
+            (
+                "responses: text.format schema",
+                Provider::OpenAiResponses,
+                json!({"model": "m", "input": "hi", "text": {"format": {"type": "json_schema", "name": "o", "description": S,
+                    "schema": {"type": "object"}}}}),
             ),
             (
                 "count_tokens: document",

@@ -4,7 +4,7 @@
 //! `input_tokens` *excluding* `cache_read_input_tokens` and `cache_creation_input_tokens`. Both map to
 //! [`TokenUsage`], whose input fields are disjoint.
 
-use crate::api::{Provider, anthropic, openai};
+use crate::api::{Provider, anthropic, openai, responses};
 use crate::sse::Event;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -43,6 +43,22 @@ impl TokenUsage {
         }
     }
 
+    /// Responses API usage: `input_tokens` includes `input_tokens_details.cached_tokens`, and
+    /// `output_tokens` the reasoning tokens (billed as output).
+    pub fn from_responses(u: &responses::Usage) -> Self {
+        let cached = u
+            .input_tokens_details
+            .as_ref()
+            .map_or(0, |d| d.cached_tokens)
+            .min(u.input_tokens);
+        Self {
+            input_tokens: u.input_tokens - cached,
+            cache_read_tokens: cached,
+            cache_write_tokens: 0,
+            output_tokens: u.output_tokens,
+        }
+    }
+
     pub fn from_anthropic(u: &anthropic::Usage) -> Self {
         Self {
             input_tokens: u.input_tokens,
@@ -61,6 +77,22 @@ struct OpenAiProbe {
     usage: Option<openai::Usage>,
 }
 
+/// A Responses body (`usage` at the top) or stream event (`response.usage` in
+/// `response.completed`, `response.incomplete` and `response.failed`).
+#[derive(Deserialize)]
+struct ResponsesProbe {
+    #[serde(default)]
+    usage: Option<responses::Usage>,
+    #[serde(default)]
+    response: Option<ResponsesInner>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesInner {
+    #[serde(default)]
+    usage: Option<responses::Usage>,
+}
+
 #[derive(Deserialize)]
 struct AnthropicProbe {
     #[serde(default)]
@@ -77,7 +109,10 @@ struct AnthropicMessageProbe {
 
 /// Usage in a complete (non-streaming) response body; `None` when the body has none or is not JSON.
 pub fn from_response(provider: Provider, body: &[u8]) -> Option<TokenUsage> {
-    if provider.is_openai() {
+    if provider == Provider::OpenAiResponses {
+        let probe: ResponsesProbe = serde_json::from_slice(body).ok()?;
+        probe.usage.as_ref().map(TokenUsage::from_responses)
+    } else if provider.is_openai() {
         let probe: OpenAiProbe = serde_json::from_slice(body).ok()?;
         probe.usage.as_ref().map(TokenUsage::from_openai)
     } else {
@@ -116,6 +151,17 @@ impl StreamUsage {
         // Cheap pre-check: most chunks carry no usage object, skip parsing them.
         if !has_usage_object(data) {
             return Observed::Nothing;
+        }
+        if provider == Provider::OpenAiResponses {
+            // The terminal event's response holds the whole turn's usage.
+            let Ok(probe) = serde_json::from_str::<ResponsesProbe>(data) else {
+                return Observed::Nothing;
+            };
+            let Some(u) = probe.response.and_then(|r| r.usage) else {
+                return Observed::Nothing;
+            };
+            self.usage = Some(TokenUsage::from_responses(&u));
+            return Observed::Usage;
         }
         if provider.is_openai() {
             let Ok(probe) = serde_json::from_str::<OpenAiProbe>(data) else {
@@ -202,6 +248,36 @@ mod tests {
             }
         );
         assert_eq!((u.total_input(), u.total()), (100, 107));
+    }
+
+    #[test]
+    fn responses_usage_from_the_body_and_the_terminal_event() {
+        let usage = r#"{"input_tokens":100,"input_tokens_details":{"cached_tokens":60},"output_tokens":30,"output_tokens_details":{"reasoning_tokens":20},"total_tokens":130}"#;
+        let want = TokenUsage {
+            input_tokens: 40,
+            cache_read_tokens: 60,
+            cache_write_tokens: 0,
+            output_tokens: 30,
+        };
+        let body = format!(
+            r#"{{"id":"resp_1","object":"response","status":"completed","output":[],"usage":{usage}}}"#
+        );
+        assert_eq!(
+            from_response(Provider::OpenAiResponses, body.as_bytes()),
+            Some(want)
+        );
+        let stream = format!(
+            "event: response.created\ndata: {{\"type\":\"response.created\",\"sequence_number\":0,\"response\":{{\"id\":\"resp_1\",\"usage\":null}}}}\n\n\
+             event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"sequence_number\":1,\"delta\":\"usage: {{\"}}\n\n\
+             event: response.completed\ndata: {{\"type\":\"response.completed\",\"sequence_number\":2,\"response\":{{\"id\":\"resp_1\",\"usage\":{usage}}}}}\n\n"
+        );
+        let mut acc = StreamUsage::default();
+        let seen: Vec<Observed> = events(&stream)
+            .iter()
+            .map(|e| acc.observe(Provider::OpenAiResponses, e))
+            .collect();
+        assert_eq!(seen, [Observed::Nothing, Observed::Nothing, Observed::Usage]);
+        assert_eq!(acc.usage(), Some(want));
     }
 
     #[test]

@@ -185,6 +185,7 @@ fn provider_name(p: Provider) -> &'static str {
         Provider::OpenAiEmbeddings => "openai-embeddings",
         Provider::Anthropic => "anthropic-messages",
         Provider::AnthropicCountTokens => "anthropic-count-tokens",
+        Provider::OpenAiResponses => "openai-responses",
     }
 }
 

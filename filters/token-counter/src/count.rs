@@ -139,6 +139,7 @@ impl Counter {
             Request::Completions(r) => self.inputs(bpe, enc, &r.prompt),
             Request::Embeddings(r) => self.inputs(bpe, enc, &r.input),
             Request::Messages(r) => self.anthropic(bpe, enc, req, r),
+            Request::Responses(r) => self.responses(bpe, enc, req, r),
         })
     }
 
@@ -245,6 +246,47 @@ impl Counter {
                 .sum(),
             _ => 0,
         }
+    }
+
+    /// The Responses API: no published formula, so chat's framing (3 tokens per item and its role)
+    /// around the texts `filter_core::prompt` reads, and each function tool's name, description
+    /// and parameter schema. An estimate for admission; the provider's usage settles the charge.
+    fn responses(
+        &mut self,
+        bpe: &CoreBPE,
+        enc: Encoding,
+        req: &Request,
+        r: &filter_core::api::responses::ResponsesRequest,
+    ) -> u64 {
+        let mut n = 3;
+        if r.instructions.is_some() {
+            n += 3 + self.text(bpe, enc, "developer");
+        }
+        match &r.input {
+            Value::Array(items) => {
+                for item in items {
+                    n += 3;
+                    if let Some(Value::String(role)) = item.get("role") {
+                        n += self.text(bpe, enc, role);
+                    }
+                }
+            }
+            _ => n += 3 + self.text(bpe, enc, "user"),
+        }
+        let mut texts = 0;
+        prompt::for_each_segment(req, |s| texts += self.text(bpe, enc, s.text));
+        n += texts;
+        for tool in r.tools.iter().flatten() {
+            for field in ["name", "description"] {
+                if let Some(Value::String(s)) = tool.get(field) {
+                    n += self.text(bpe, enc, s);
+                }
+            }
+            if let Some(p) = tool.get("parameters") {
+                n += self.text(bpe, enc, &p.to_string());
+            }
+        }
+        n
     }
 
     fn anthropic(

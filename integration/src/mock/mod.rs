@@ -1,6 +1,6 @@
 //! A mock LLM provider speaking the OpenAI and Anthropic HTTP APIs on the wire as the real ones do:
 //! `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/messages` (and
-//! `/v1/messages/count_tokens`), JSON and SSE
+//! `/v1/messages/count_tokens`) and `/v1/responses`, JSON and SSE
 //! streaming (OpenAI chunks with `stream_options.include_usage`; Anthropic `message_start` …
 //! `message_stop`). Replies are derived from the request, so the same request always gets the same
 //! bytes. `usage` carries real tiktoken counts.
@@ -40,6 +40,7 @@ use tokio::sync::mpsc;
 mod anthropic;
 mod openai;
 mod reply;
+mod responses;
 mod tools;
 
 /// Largest request body the mock accepts (the real APIs accept far more; tests need no more).
@@ -200,6 +201,7 @@ enum Api {
     Embeddings,
     Messages,
     CountTokens,
+    Responses,
 }
 
 impl Api {
@@ -294,6 +296,7 @@ async fn handle(req: Request<Incoming>, journal: Arc<Journal>) -> Result<Respons
         ("POST", "/v1/embeddings") => Api::Embeddings,
         ("POST", "/v1/messages") => Api::Messages,
         ("POST", "/v1/messages/count_tokens") => Api::CountTokens,
+        ("POST", "/v1/responses") => Api::Responses,
         _ => {
             return Ok(json_response(
                 StatusCode::NOT_FOUND,
@@ -338,6 +341,7 @@ async fn handle(req: Request<Incoming>, journal: Arc<Journal>) -> Result<Respons
         Api::Embeddings => openai::embeddings(&request),
         Api::Messages => anthropic::messages(&rec, &request, &ctl),
         Api::CountTokens => anthropic::count_tokens(&request),
+        Api::Responses => responses::create(&rec, &request, &ctl),
     })
 }
 

@@ -13,6 +13,7 @@ mod oci_package;
 mod passthrough;
 mod prompt_templater;
 mod response_cache;
+mod responses_api;
 mod semantic_router;
 mod sidecar_probe;
 mod token_counter;

@@ -7,6 +7,7 @@
 
 pub mod anthropic;
 pub mod openai;
+pub mod responses;
 
 use serde_json::{Map, Value};
 
@@ -22,6 +23,8 @@ pub enum Provider {
     OpenAiCompletions,
     /// `POST /v1/embeddings`
     OpenAiEmbeddings,
+    /// `POST /v1/responses` (not `/v1/responses/{id}…`, which read or cancel stored responses)
+    OpenAiResponses,
     /// `POST /v1/messages`
     Anthropic,
     /// `POST /v1/messages/count_tokens`: a Messages request without `max_tokens`, answered with
@@ -45,6 +48,8 @@ impl Provider {
             Some(Self::OpenAiCompletions)
         } else if path.ends_with("/embeddings") {
             Some(Self::OpenAiEmbeddings)
+        } else if path.ends_with("/v1/responses") {
+            Some(Self::OpenAiResponses)
         } else if path.ends_with("/v1/messages") {
             // Only Anthropic's endpoint: OpenAI's Assistants API has `/v1/threads/{id}/messages`.
             Some(Self::Anthropic)
@@ -77,6 +82,7 @@ pub enum Request {
     Completions(openai::CompletionRequest),
     Embeddings(openai::EmbeddingRequest),
     Messages(anthropic::MessagesRequest),
+    Responses(responses::ResponsesRequest),
 }
 
 impl Request {
@@ -95,6 +101,7 @@ impl Request {
                 Self::Messages(r)
             }
             Provider::AnthropicCountTokens => Self::Messages(serde_json::from_slice(body)?),
+            Provider::OpenAiResponses => Self::Responses(serde_json::from_slice(body)?),
         })
     }
 
@@ -104,6 +111,7 @@ impl Request {
             Self::Completions(r) => serde_json::to_vec(r),
             Self::Embeddings(r) => serde_json::to_vec(r),
             Self::Messages(r) => serde_json::to_vec(r),
+            Self::Responses(r) => serde_json::to_vec(r),
         }
     }
 
@@ -113,6 +121,7 @@ impl Request {
             Self::Completions(r) => &r.model,
             Self::Embeddings(r) => &r.model,
             Self::Messages(r) => &r.model,
+            Self::Responses(r) => &r.model,
         }
     }
 
@@ -123,6 +132,7 @@ impl Request {
             Self::Completions(r) => r.model = model,
             Self::Embeddings(r) => r.model = model,
             Self::Messages(r) => r.model = model,
+            Self::Responses(r) => r.model = model,
         }
     }
 
@@ -132,6 +142,7 @@ impl Request {
             Self::Completions(r) => r.stream == Some(true),
             Self::Embeddings(_) => false,
             Self::Messages(r) => r.stream == Some(true),
+            Self::Responses(r) => r.stream == Some(true),
         }
     }
 
@@ -143,6 +154,7 @@ impl Request {
             Self::Completions(r) => r.max_tokens,
             Self::Embeddings(_) => None,
             Self::Messages(r) => r.max_tokens,
+            Self::Responses(r) => r.max_output_tokens,
         }
     }
 }
@@ -167,6 +179,11 @@ mod tests {
                 Some(Provider::AnthropicCountTokens),
             ),
             ("/v1/messages/batches", None),
+            ("/v1/responses", Some(Provider::OpenAiResponses)),
+            ("/openai/v1/responses?x=1", Some(Provider::OpenAiResponses)),
+            ("/v1/responses/resp_123", None),
+            ("/v1/responses/resp_123/input_items", None),
+            ("/v1/responses/resp_123/cancel", None),
             ("/anthropic/v1/messages", Some(Provider::Anthropic)),
             ("/v1/threads/thread_abc/messages", None),
             ("/v1/models", None),
