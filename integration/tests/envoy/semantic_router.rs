@@ -705,8 +705,10 @@ async fn a_sidecar_that_hangs_costs_the_deadline_and_no_more() {
             "general"
         );
         let took = t.elapsed();
+        // The 200 ms deadline, not Envoy's route timeout (300 s) or a hang: the upper bound leaves
+        // room for a slow machine (a CI run took 641 ms here).
         assert!(
-            took >= Duration::from_millis(190) && took < Duration::from_millis(600),
+            took >= Duration::from_millis(190) && took < Duration::from_millis(2000),
             "{took:?}"
         );
     }
@@ -727,7 +729,7 @@ async fn a_sidecar_that_hangs_costs_the_deadline_and_no_more() {
     let r = send(&closed, &chat("My Python function crashes with a KeyError"), &[]).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "routing_unavailable");
-    assert!(t.elapsed() < Duration::from_millis(600));
+    assert!(t.elapsed() < Duration::from_millis(2000), "{:?}", t.elapsed());
     assert_eq!(p.counts(), before);
     assert_eq!(
         closed.stat("wasmcustom.tollgate_semantic_router_methods.method.sidecar_failed"),
