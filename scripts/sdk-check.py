@@ -149,6 +149,36 @@ def anthropic_tools():
     expect(final.content[0].type == "thinking" and final.content[0].signature, f"{final.content[0]}")
 
 
+RS_TOOLS = [{"type": "function", "name": "send_mail", "description": "Send an e-mail",
+             "parameters": {"type": "object", "properties": {"to": {"type": "string"}}}}]
+
+
+def openai_responses():
+    r = oa.responses.create(model="gpt-4o-mini", instructions="Answer briefly.", input="Hello from the SDK")
+    expect(r.status == "completed" and r.output_text, f"response {r}")
+    expect(r.usage.input_tokens > 0 and r.usage.output_tokens > 0, f"usage {r.usage}")
+    with oa.responses.stream(model="gpt-4o-mini", input=[{"role": "user", "content": "Stream a short answer"}]) as s:
+        text = "".join(e.delta for e in s if e.type == "response.output_text.delta")
+        final = s.get_final_response()
+    expect(len(text) > 10 and final.output_text == text, f"streamed {text!r}, final {final.output_text!r}")
+    c = oa.responses.input_tokens.count(model="gpt-4o-mini", instructions="Answer briefly.", input="Hello from the SDK")
+    expect(c.input_tokens == r.usage.input_tokens, f"count {c.input_tokens}, billed {r.usage.input_tokens}")
+
+
+def openai_responses_tools():
+    msgs = [{"role": "user", "content": "Mail the report"}]
+    r = oa.responses.create(model="gpt-4o-mini", input=msgs, tools=RS_TOOLS, extra_headers=CALL)
+    call = r.output[0]
+    expect(call.type == "function_call" and (call.name, call.arguments) == ("send_mail", '{"to":"finance team"}'),
+           f"{r.output}")
+    with oa.responses.stream(model="gpt-4o-mini", input=msgs, tools=RS_TOOLS, extra_headers=CALL) as s:
+        args = "".join(e.delta for e in s if e.type == "response.function_call_arguments.delta")
+        final = s.get_final_response()
+    expect(args == '{"to":"finance team"}' and final.output[0].arguments == args, f"streamed arguments {args!r}")
+    raises(openai.BadRequestError, lambda: oa.responses.create(model="gpt-4o-mini", input=secret), 400,
+           "content_blocked")
+
+
 def errors_401():
     bad_oa = openai.OpenAI(base_url=f"{GW}/v1", api_key="not-a-jwt", max_retries=0, timeout=30)
     raises(openai.AuthenticationError, lambda: bad_oa.chat.completions.create(
@@ -210,6 +240,8 @@ def errors_429():
 check("openai chat.completions.create", openai_chat)
 check("openai chat.completions.create(stream=True)", openai_stream)
 check("openai embeddings.create", openai_embeddings)
+check("openai responses.create, responses.stream, responses.input_tokens.count", openai_responses)
+check("openai responses: function calls, JSON and streamed; blocked input -> BadRequestError", openai_responses_tools)
 check("anthropic messages.create", anthropic_message)
 check("anthropic messages.stream", anthropic_stream)
 check("anthropic messages.count_tokens equals the billed input tokens", anthropic_count_tokens)

@@ -349,13 +349,15 @@ pub struct StreamTiming {
 }
 
 /// Sends `body` (a streaming request; `marker` as in [`open_loop`]) `streams` times and times the
-/// chunks of each answer. Errors (a status over 299, a cut stream, no `[DONE]`) are counted.
+/// chunks of each answer. Errors (a status over 299, a cut stream, no `end` — `[DONE]`, or the
+/// Responses API's `event: response.completed`) are counted.
 pub fn stream_timing(
     url: &str,
     body: &Value,
     marker: Option<&str>,
     headers: &[(&str, &str)],
     streams: usize,
+    end: &str,
 ) -> Result<StreamTiming, Error> {
     let text = serde_json::to_string(body)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -386,7 +388,7 @@ pub fn stream_timing(
                 continue;
             }
             let mut body = resp.into_body();
-            let (mut last, mut tail) = (None::<std::time::Instant>, Vec::new());
+            let (mut last, mut tail, mut ended) = (None::<std::time::Instant>, Vec::new(), false);
             loop {
                 match crate::client::next_chunk(&mut body).await {
                     Ok(Some(chunk)) => {
@@ -398,9 +400,10 @@ pub fn stream_timing(
                             ttft.push((now - t).as_secs_f64() * 1000.0);
                             last = Some(now);
                         }
-                        // The end of the stream so far ([DONE] may be split across chunks).
+                        // The end marker may be split across chunks.
                         tail.extend_from_slice(&chunk);
-                        let cut = tail.len().saturating_sub(32);
+                        ended |= tail.windows(end.len()).any(|w| w == end.as_bytes());
+                        let cut = tail.len().saturating_sub(end.len());
                         tail.drain(..cut);
                     }
                     Ok(None) => break,
@@ -410,7 +413,7 @@ pub fn stream_timing(
                     }
                 }
             }
-            if !String::from_utf8_lossy(&tail).contains("[DONE]") {
+            if !ended {
                 errors += 1;
             }
         }
@@ -426,14 +429,16 @@ pub fn stream_timing(
     })
 }
 
-/// Whether an SSE chunk holds a non-empty `"content"` string (an OpenAI delta or message).
+/// Whether an SSE chunk holds a non-empty `"content"` string (an OpenAI delta or message) or
+/// `"delta"` string (a Responses API text delta; chat's `delta` is an object).
 fn carries_token(chunk: &[u8]) -> bool {
-    const KEY: &[u8] = b"\"content\":";
-    chunk.windows(KEY.len()).enumerate().any(|(i, w)| {
-        w == KEY && {
-            let rest = &chunk[i + KEY.len()..];
-            let rest = &rest[rest.iter().take_while(|b| **b == b' ').count()..];
-            rest.len() > 1 && rest[0] == b'"' && rest[1] != b'"'
-        }
+    [b"\"content\":".as_slice(), b"\"delta\":"].iter().any(|key| {
+        chunk.windows(key.len()).enumerate().any(|(i, w)| {
+            w == *key && {
+                let rest = &chunk[i + key.len()..];
+                let rest = &rest[rest.iter().take_while(|b| **b == b' ').count()..];
+                rest.len() > 1 && rest[0] == b'"' && rest[1] != b'"'
+            }
+        })
     })
 }

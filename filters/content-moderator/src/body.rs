@@ -4,7 +4,7 @@
 
 use crate::config::{Action, Rules};
 use crate::moderate::{self, Finding};
-use filter_core::api::{Provider, Request, anthropic, openai};
+use filter_core::api::{Provider, Request, anthropic, openai, responses};
 use filter_core::reads;
 use serde_json::Value;
 
@@ -141,10 +141,31 @@ pub fn response(rules: &Rules, provider: Provider, body: &[u8]) -> Result<Outcom
             }
             Ok(out)
         }
-        // Never reached (the filter refuses the API at its headers); not passed unread either.
-        Provider::OpenAiResponses => Err(BodyError::Invalid("responses are not moderated yet".into())),
+        Provider::OpenAiResponses => {
+            let mut r: Value = serde_json::from_slice(body).map_err(|e| invalid(&e))?;
+            if !r.is_object() {
+                return Err(BodyError::Invalid("the response is not a JSON object".into()));
+            }
+            let mut texts: Vec<String> = Vec::new();
+            responses::for_each_output_text_mut(&mut r, |_, _, t| texts.push(t.clone()));
+            let (per_text, mut out) = scan_texts(rules, texts.iter().map(String::as_str));
+            // The walk visits the same texts in the same order, so `texts` can take the masks
+            // and go back in.
+            if mask(&out, &per_text, texts.iter_mut()) {
+                let mut texts = texts.into_iter();
+                responses::for_each_output_text_mut(&mut r, |_, _, t| {
+                    if let Some(masked) = texts.next() {
+                        *t = masked;
+                    }
+                });
+                out.body = Some(ser(serde_json::to_vec(&r))?);
+            }
+            Ok(out)
+        }
         // Embeddings are vectors and a token count is a number: nothing to read.
-        Provider::OpenAiEmbeddings | Provider::AnthropicCountTokens => Ok(Outcome::default()),
+        Provider::OpenAiEmbeddings
+        | Provider::AnthropicCountTokens
+        | Provider::OpenAiResponsesInputTokens => Ok(Outcome::default()),
     }
 }
 
@@ -233,6 +254,25 @@ mod tests {
         let v: Value = serde_json::from_slice(&out.body.unwrap()).unwrap();
         assert_eq!(v["content"][0]["text"], "SSN ***-**-6789");
         assert_eq!(v["stop_reason"], "end_turn");
+        let rs = json!({"id": "resp", "object": "response", "status": "completed", "output": [
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "look up 123-45-6789"}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "SSN 123-45-6789"}]},
+            {"type": "function_call", "name": "f", "arguments": "{\"ssn\": \"123-45-6789\"}"}],
+            "usage": {"input_tokens": 3, "output_tokens": 9}});
+        let out = response(&r, Provider::OpenAiResponses, rs.to_string().as_bytes()).unwrap();
+        assert_eq!(out.findings.len(), 3);
+        let v: Value = serde_json::from_slice(&out.body.unwrap()).unwrap();
+        assert_eq!(v["output"][0]["summary"][0]["text"], "look up ***-**-6789");
+        assert_eq!(v["output"][1]["content"][0]["text"], "SSN ***-**-6789");
+        assert_eq!(v["output"][2]["arguments"], "{\"ssn\": \"***-**-6789\"}");
+        assert_eq!(v["usage"], rs["usage"]);
+        let clean =
+            json!({"output": [{"type": "message", "content": [{"type": "output_text", "text": "hi"}]}]});
+        let out = response(&r, Provider::OpenAiResponses, clean.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            out.body, None,
+            "an answer with nothing to mask goes out as it came"
+        );
     }
 
     #[test]

@@ -195,8 +195,12 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
         let path = http::request_header(self.id, ":path").unwrap_or_default();
         self.shape = Shape::from_path(&path);
-        // The Responses API is refused as an unknown API until its output streams are moderated.
-        self.provider = Provider::from_path(&path).filter(|p| *p != Provider::OpenAiResponses);
+        self.provider = Provider::from_path(&path).or_else(|| {
+            // Reading a stored response (`GET /v1/responses/{id}`, as JSON or replayed as events)
+            // returns generated text: it is moderated as the answer was.
+            let read = end_of_stream && filter_core::api::responses::reads_stored_response(&path);
+            read.then_some(Provider::OpenAiResponses)
+        });
         if self.provider.is_none() {
             let unknown_with_body =
                 !end_of_stream && self.shared.config.unknown_apis == config::UnknownApis::Reject;

@@ -14,8 +14,17 @@
 use crate::config::{Action, MAX_WINDOW, Rules};
 use crate::moderate;
 use filter_core::Provider;
+use filter_core::api::responses::OutputText;
 use filter_core::sse::{Event, SseParser};
 use serde_json::{Map, Value, json};
+
+/// The stream's API: its event shapes and how it ends with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Anthropic,
+    Responses,
+}
 
 /// Which field of which event a window's text belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +39,8 @@ enum Slot {
     TextDelta,
     JsonDelta,
     ThinkingDelta,
+    /// A Responses API output text of the item at the window's key (its `output_index`).
+    Responses(OutputText),
 }
 
 #[derive(Debug)]
@@ -38,17 +49,26 @@ struct Window {
     key: u64,
     slot: Slot,
     text: String,
+    /// Responses API only: everything released so far, which the `.done` events and the final
+    /// `response` repeat whole; and the window's first delta event, the template of the delta
+    /// that releases what is held.
+    sent: Option<(String, Value)>,
 }
 
 #[derive(Debug)]
 pub struct Stream {
-    anthropic: bool,
+    api: Api,
     parser: SseParser,
     holdback: usize,
     windows: Vec<Window>,
     done: bool,
-    /// `id`, `object`, `created`, `model` of the last OpenAI chunk, for the flushing chunks.
+    /// `id`, `object`, `created`, `model` of the last OpenAI chunk, for the flushing chunks; the
+    /// Responses API's `response` object as last announced, for `response.failed`.
     envelope: Map<String, Value>,
+    /// Responses API: the `sequence_number` the next event out carries (events the filter adds
+    /// renumber the ones after them), and the released texts of finished windows.
+    seq: Option<u64>,
+    finals: Vec<(u64, OutputText, String)>,
     /// `(category, action)` of every finding released or blocking, for metrics and the verdict.
     pub findings: Vec<(usize, Action)>,
     /// The category that ended the stream.
@@ -58,12 +78,18 @@ pub struct Stream {
 impl Stream {
     pub fn new(provider: Provider, holdback: usize) -> Self {
         Self {
-            anthropic: provider.is_anthropic(),
+            api: match provider {
+                p if p.is_anthropic() => Api::Anthropic,
+                Provider::OpenAiResponses => Api::Responses,
+                _ => Api::Chat,
+            },
             parser: SseParser::default(),
             holdback,
             windows: Vec::new(),
             done: false,
             envelope: Map::new(),
+            seq: None,
+            finals: Vec::new(),
             findings: Vec::new(),
             blocked: None,
         }
@@ -112,11 +138,15 @@ impl Stream {
         );
     }
 
-    fn emit(&self, out: &mut Vec<u8>, v: &Value) {
-        let name = if self.anthropic {
-            v.get("type").and_then(Value::as_str)
-        } else {
-            None
+    /// Writes an event the filter adds (named by its `type` where the API names events).
+    fn emit(&mut self, out: &mut Vec<u8>, v: &mut Value) {
+        if self.api == Api::Responses {
+            let n = self.next_seq();
+            v["sequence_number"] = Value::from(n);
+        }
+        let name = match self.api {
+            Api::Chat => None,
+            Api::Anthropic | Api::Responses => v.get("type").and_then(Value::as_str),
         };
         out.extend_from_slice(&Event::encode(name, &v.to_string()));
     }
@@ -137,10 +167,10 @@ impl Stream {
             out.extend_from_slice(&ev.raw);
             return;
         };
-        let changed = if self.anthropic {
-            self.anthropic_event(rules, &mut v, out)
-        } else {
-            self.openai_event(rules, &mut v, out)
+        let changed = match self.api {
+            Api::Anthropic => self.anthropic_event(rules, &mut v, out),
+            Api::Chat => self.openai_event(rules, &mut v, out),
+            Api::Responses => self.responses_event(rules, &mut v, out),
         };
         if self.done {
             return;
@@ -278,10 +308,15 @@ impl Stream {
 
     /// Releases all held text of `key` (all keys when `None`) as delta events written to `out`.
     fn flush(&mut self, rules: &Rules, key: Option<u64>, out: &mut Vec<u8>) {
+        self.flush_where(rules, out, |k, _| key.is_none_or(|key| key == k));
+    }
+
+    /// Releases all held text of the windows `which` picks, as delta events written to `out`.
+    fn flush_where(&mut self, rules: &Rules, out: &mut Vec<u8>, which: impl Fn(u64, Slot) -> bool) {
         let targets: Vec<(u64, Slot)> = self
             .windows
             .iter()
-            .filter(|w| key.is_none_or(|k| k == w.key))
+            .filter(|w| which(w.key, w.slot))
             .map(|w| (w.key, w.slot))
             .collect();
         for (k, slot) in targets {
@@ -298,11 +333,29 @@ impl Stream {
                 self.block_event(rules, out);
                 return;
             };
-            self.windows.retain(|w| !(w.key == k && w.slot == slot));
-            if text.is_empty() {
+            let Some(pos) = self.windows.iter().position(|w| w.key == k && w.slot == slot) else {
                 continue;
-            }
-            let ev = match slot {
+            };
+            let w = self.windows.remove(pos);
+            let mut ev = match (slot, w.sent) {
+                (Slot::Responses(t), Some((sent, mut template))) => {
+                    self.finals.push((k, t, sent));
+                    if text.is_empty() {
+                        continue;
+                    }
+                    template["delta"] = Value::String(text);
+                    template
+                }
+                _ if text.is_empty() => continue,
+                _ => self.flush_event(k, slot, text),
+            };
+            self.emit(out, &mut ev);
+        }
+    }
+
+    /// The event that releases `text`, the held end of window `(k, slot)`.
+    fn flush_event(&self, k: u64, slot: Slot, text: String) -> Value {
+        match slot {
                 Slot::TextDelta => json!({"type": "content_block_delta", "index": k, "delta": {"type": "text_delta", "text": text}}),
                 Slot::JsonDelta => json!({"type": "content_block_delta", "index": k, "delta": {"type": "input_json_delta", "partial_json": text}}),
                 Slot::ThinkingDelta => json!({"type": "content_block_delta", "index": k, "delta": {"type": "thinking_delta", "thinking": text}}),
@@ -310,8 +363,8 @@ impl Stream {
                 Slot::Content => self.chunk(json!({"index": k, "delta": {"content": text}, "finish_reason": null})),
                 Slot::Refusal => self.chunk(json!({"index": k, "delta": {"refusal": text}, "finish_reason": null})),
                 Slot::ToolArgs(t) => self.chunk(json!({"index": k, "delta": {"tool_calls": [{"index": t, "function": {"arguments": text}}]}, "finish_reason": null})),
-            };
-            self.emit(out, &ev);
+                // Flushed from their template above.
+                Slot::Responses(_) => Value::Null,
         }
     }
 
@@ -333,13 +386,17 @@ impl Stream {
     }
 
     fn end_with_error(&mut self, out: &mut Vec<u8>, message: &str, code: &str) {
-        if self.anthropic {
-            let e = json!({"type": "error", "error": {"type": "invalid_request_error", "message": message, "code": code}});
-            out.extend_from_slice(&Event::encode(Some("error"), &e.to_string()));
-        } else {
-            let e = json!({"error": {"message": message, "type": "invalid_request_error", "code": code}});
-            out.extend_from_slice(&Event::encode(None, &e.to_string()));
-            out.extend_from_slice(&Event::encode(None, "[DONE]"));
+        match self.api {
+            Api::Anthropic => {
+                let e = json!({"type": "error", "error": {"type": "invalid_request_error", "message": message, "code": code}});
+                out.extend_from_slice(&Event::encode(Some("error"), &e.to_string()));
+            }
+            Api::Chat => {
+                let e = json!({"error": {"message": message, "type": "invalid_request_error", "code": code}});
+                out.extend_from_slice(&Event::encode(None, &e.to_string()));
+                out.extend_from_slice(&Event::encode(None, "[DONE]"));
+            }
+            Api::Responses => self.responses_error(out, message, code),
         }
         self.done = true;
         self.windows.clear();
@@ -353,6 +410,7 @@ fn push(windows: &mut Vec<Window>, key: u64, slot: Slot, text: &str) {
             key,
             slot,
             text: text.to_owned(),
+            sent: None,
         }),
     }
 }
@@ -410,8 +468,12 @@ fn release(
     let head = w.text.get(..cut).unwrap_or_default();
     let text = moderate::apply_masks(head, &released).unwrap_or_else(|| head.to_owned());
     w.text.drain(..cut);
+    if let Some((sent, _)) = &mut w.sent {
+        sent.push_str(&text);
+    }
     Some(text)
 }
 
+mod responses;
 #[cfg(test)]
 mod tests;

@@ -118,7 +118,11 @@ impl Http {
     fn on_body(&mut self, provider: Provider, bytes: &[u8]) -> Action {
         let shared = self.shared.clone();
         let decorators: Vec<&Decorator> = match provider {
-            Provider::OpenAiChat | Provider::Anthropic | Provider::AnthropicCountTokens => shared
+            Provider::OpenAiChat
+            | Provider::OpenAiResponses
+            | Provider::OpenAiResponsesInputTokens
+            | Provider::Anthropic
+            | Provider::AnthropicCountTokens => shared
                 .config
                 .decorators
                 .iter()

@@ -3,6 +3,7 @@
 //! Order of the messages the model reads: prepend decorators (in config order), the template's
 //! messages, the client's own messages, append decorators (in config order). For Anthropic, system
 //! messages go to the top-level `system` in that same order, around the client's own system prompt.
+//! For the Responses API they are `input` items, system ones included, around the client's input.
 
 use crate::config::{Decorator, Position};
 use crate::template::{Library, Template, VariableError, shown};
@@ -243,10 +244,32 @@ pub fn apply(
             msgs.extend(msgs_after);
             body.insert("messages".to_owned(), Value::Array(msgs));
         }
+        // The Responses API: the messages become `input` items around the client's own (a string
+        // `input` is one user message); `instructions` stays the client's and is read first.
+        Provider::OpenAiResponses | Provider::OpenAiResponsesInputTokens => {
+            let client = match body.remove("input") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::String(s)) => vec![json!({"type": "message", "role": "user", "content": s})],
+                Some(Value::Array(a)) => a,
+                Some(_) => {
+                    return Err(bad(
+                        "invalid_request_body",
+                        "`input` must be a string or an array",
+                    ));
+                }
+            };
+            let item =
+                |(role, text): (&str, String)| json!({"type": "message", "role": role, "content": text});
+            let mut items: Vec<Value> = Vec::with_capacity(before.len() + client.len() + after.len());
+            items.extend(before.into_iter().map(item));
+            items.extend(client);
+            items.extend(after.into_iter().map(item));
+            body.insert("input".to_owned(), Value::Array(items));
+        }
         _ => {
             return Err(bad(
                 "template_not_supported",
-                "templates and decorators apply to chat completions and messages requests",
+                "templates and decorators apply to chat completions, responses and messages requests",
             ));
         }
     }
@@ -427,6 +450,67 @@ mod tests {
                 .unwrap_err()
                 .code,
             "template_not_supported"
+        );
+    }
+
+    #[test]
+    fn responses_input_items_in_the_defined_order_and_instructions_kept() {
+        let c = lib();
+        let a = Ask {
+            id: "greet".into(),
+            version: None,
+            variables: Some(obj(json!({"name": "Ada"}))),
+        };
+        let r = resolve(&c.library, &a, 0).unwrap();
+        let decos: Vec<&Decorator> = c.decorators.iter().collect();
+        let mut body =
+            obj(json!({"model": "m", "instructions": "Be brief.", "input": "hello", "stream": true}));
+        apply(&mut body, Provider::OpenAiResponses, Some(&r), &decos).unwrap();
+        let mut chat = obj(json!({"model": "m", "messages": [{"role": "user", "content": "hello"}]}));
+        apply(&mut chat, Provider::OpenAiChat, Some(&r), &decos).unwrap();
+        let roles = |list: &Value| -> Vec<(String, String)> {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    (
+                        m["role"].as_str().unwrap().to_owned(),
+                        m["content"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            roles(&body["input"]),
+            roles(&chat["messages"]),
+            "the order chat gets"
+        );
+        assert!(
+            body["input"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["type"] == "message")
+        );
+        assert_eq!(body["instructions"], "Be brief.");
+        assert_eq!(body["stream"], true);
+        let mut items = obj(
+            json!({"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": "4"}]}),
+        );
+        apply(&mut items, Provider::OpenAiResponses, None, &decos).unwrap();
+        assert!(
+            items["input"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["type"] == "function_call_output")
+        );
+        let mut bad_input = obj(json!({"model": "m", "input": 5}));
+        assert_eq!(
+            apply(&mut bad_input, Provider::OpenAiResponses, None, &decos)
+                .unwrap_err()
+                .code,
+            "invalid_request_body"
         );
     }
 }

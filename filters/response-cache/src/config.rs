@@ -114,6 +114,11 @@ pub struct RawConfig {
     /// default to 1). Off by default: such requests ask for a different answer each time.
     #[serde(default)]
     pub cache_sampled: bool,
+    /// Cache Responses API requests that continue a stored response (`previous_response_id`),
+    /// keyed by that id and what is sent. Off by default: the provider adds turns the gateway
+    /// never sees, so the cache cannot tell what the question is.
+    #[serde(default)]
+    pub cache_continued_responses: bool,
     #[serde(default)]
     pub semantic: Semantic,
     #[serde(default)]
@@ -156,6 +161,7 @@ pub struct Config {
     pub backend: Backend,
     pub slots: u32,
     pub cache_sampled: bool,
+    pub cache_continued_responses: bool,
     pub semantic: Semantic,
     pub sidecar: SidecarConfig,
     pub max_body_bytes: usize,
@@ -224,6 +230,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         backend: raw.backend,
         slots: raw.slots,
         cache_sampled: raw.cache_sampled,
+        cache_continued_responses: raw.cache_continued_responses,
         semantic: raw.semantic,
         sidecar: raw.sidecar,
         max_body_bytes: raw.max_body_bytes,

@@ -1,7 +1,8 @@
 //! What is stored and how it is served. An entry holds one complete, text-only response as the
 //! provider's non-streaming JSON: a JSON response as received, a streamed one as the same JSON
 //! rebuilt from its events. A hit is served as the client asked: that JSON, or a well-formed
-//! stream in the provider's SSE format (OpenAI chunks and `[DONE]`; Anthropic's event sequence).
+//! stream in the provider's SSE format (OpenAI chunks and `[DONE]`; Anthropic's event sequence;
+//! the Responses API's typed events, see the `responses` module).
 
 use filter_core::Provider;
 use filter_core::sse::{DEFAULT_MAX_EVENT_BYTES, Event, SseParser};
@@ -127,6 +128,7 @@ pub fn storable(provider: Provider, body: &[u8]) -> Result<(), &'static str> {
             }
             Ok(())
         }
+        Provider::OpenAiResponses => responses::storable(&v),
         _ => Err("API not cached"),
     }
 }
@@ -215,6 +217,7 @@ pub fn to_sse(provider: Provider, body: &[u8], include_usage: bool) -> Option<Ve
             );
             push(Some("message_stop"), &json!({"type": "message_stop"}));
         }
+        Provider::OpenAiResponses => responses::to_sse(&v, &mut out)?,
         _ => return None,
     }
     Some(out)
@@ -235,6 +238,8 @@ pub struct Recorder {
     finish: Option<Value>,
     stop_sequence: Option<Value>,
     usage: Option<Value>,
+    /// The Responses API's whole response, from its terminal event.
+    response: Option<Value>,
     done: bool,
     failed: Option<&'static str>,
 }
@@ -252,6 +257,7 @@ impl Recorder {
             finish: None,
             stop_sequence: None,
             usage: None,
+            response: None,
             done: false,
             failed: None,
         }
@@ -297,6 +303,15 @@ impl Recorder {
         match self.provider {
             Provider::OpenAiChat => self.openai(&v),
             Provider::Anthropic => self.anthropic(&v),
+            Provider::OpenAiResponses => match responses::record(&v) {
+                responses::Recorded::Completed(r) => {
+                    self.text_bytes += data.len();
+                    self.response = Some(r);
+                    self.done = true;
+                }
+                responses::Recorded::Failed(why) => self.fail(why),
+                responses::Recorded::Other => {}
+            },
             _ => self.fail("API not cached"),
         }
     }
@@ -392,8 +407,13 @@ impl Recorder {
         if !complete {
             return Err("the stream did not complete");
         }
+        if let Some(r) = self.response {
+            responses::storable(&r)?;
+            return serde_json::to_vec(&r).map_err(|_| "cannot serialise");
+        }
         let mut v = self.head;
         match self.provider {
+            Provider::OpenAiResponses => return Err("the stream did not complete"),
             Provider::OpenAiChat => {
                 // Usage is part of the answer a hit reports; a stream without it (the client did
                 // not ask, or a filter after this one removed it) is not stored.
@@ -433,5 +453,6 @@ impl Recorder {
     }
 }
 
+mod responses;
 #[cfg(test)]
 mod tests;

@@ -174,7 +174,7 @@ impl HttpContext for Http {
         self.provider = Provider::from_path(&path);
         match self.provider {
             None => return Action::Continue,
-            Some(Provider::OpenAiChat | Provider::Anthropic) => {}
+            Some(p) if key::cacheable(p) => {}
             Some(_) => return self.bypass(Bypass::Api),
         }
         let shared = self.shared.clone();

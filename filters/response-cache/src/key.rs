@@ -27,10 +27,13 @@ pub enum Bypass {
     Logprobs,
     /// The body is larger than `max_body_bytes`.
     TooLarge,
+    /// A Responses API request continuing a stored response (`previous_response_id`), and
+    /// `cache_continued_responses` is off.
+    Continued,
 }
 
 impl Bypass {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Api,
         Self::InvalidBody,
         Self::Sampled,
@@ -39,6 +42,7 @@ impl Bypass {
         Self::ClientAsked,
         Self::Logprobs,
         Self::TooLarge,
+        Self::Continued,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -51,6 +55,7 @@ impl Bypass {
             Self::ClientAsked => "client",
             Self::Logprobs => "logprobs",
             Self::TooLarge => "too_large",
+            Self::Continued => "continued",
         }
     }
 }
@@ -94,7 +99,7 @@ pub struct Context<'a> {
 }
 
 pub fn build(provider: Provider, body: &[u8], ctx: &Context<'_>, cfg: &Config) -> Result<Keyed, Bypass> {
-    if !matches!(provider, Provider::OpenAiChat | Provider::Anthropic) {
+    if !cacheable(provider) {
         return Err(Bypass::Api);
     }
     let Ok(Value::Object(mut req)) = serde_json::from_slice::<Value>(body) else {
@@ -104,14 +109,30 @@ pub fn build(provider: Provider, body: &[u8], ctx: &Context<'_>, cfg: &Config) -
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         _ => return Err(Bypass::InvalidBody),
     };
-    if !req.get("messages").is_some_and(Value::is_array) {
+    let responses = provider == Provider::OpenAiResponses;
+    if responses {
+        if !matches!(req.get("input"), Some(Value::String(_) | Value::Array(_))) {
+            return Err(Bypass::InvalidBody);
+        }
+        if req.get("previous_response_id").is_some_and(|v| !v.is_null()) && !cfg.cache_continued_responses {
+            return Err(Bypass::Continued);
+        }
+        // A background response answers with a handle to poll, not the answer.
+        if req.get("background").and_then(Value::as_bool) == Some(true) {
+            return Err(Bypass::Api);
+        }
+    } else if !req.get("messages").is_some_and(Value::is_array) {
         return Err(Bypass::InvalidBody);
     }
     if req.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1) {
         return Err(Bypass::Choices);
     }
     let logprobs = req.get("logprobs").is_some_and(|l| l.as_bool() == Some(true))
-        || req.get("top_logprobs").is_some_and(|t| !t.is_null());
+        || req.get("top_logprobs").is_some_and(|t| !t.is_null())
+        || req.get("include").and_then(Value::as_array).is_some_and(|i| {
+            i.iter()
+                .any(|x| x.as_str().is_some_and(|s| s.ends_with("logprobs")))
+        });
     if logprobs {
         return Err(Bypass::Logprobs);
     }
@@ -124,11 +145,13 @@ pub fn build(provider: Provider, body: &[u8], ctx: &Context<'_>, cfg: &Config) -
         return Err(Bypass::Sampled);
     }
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = req
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    // A Responses stream always ends with its usage.
+    let include_usage = !responses
+        && req
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
     for f in TRANSPORT_FIELDS {
         req.remove(f);
     }
@@ -151,7 +174,7 @@ pub fn build(provider: Provider, body: &[u8], ctx: &Context<'_>, cfg: &Config) -
     let exact = hex(&h.finalize()[..16]);
 
     let semantic_text = match ctx.semantic_scope {
-        Some(_) if cfg.semantic.enabled => take_last_user_text(&mut req, cfg.semantic.multi_turn)
+        Some(_) if cfg.semantic.enabled => take_last_user_text(&mut req, responses, cfg.semantic.multi_turn)
             .filter(|t| !t.is_empty() && t.len() <= cfg.semantic.max_text_bytes),
         _ => None,
     };
@@ -178,6 +201,14 @@ pub fn build(provider: Provider, body: &[u8], ctx: &Context<'_>, cfg: &Config) -
     })
 }
 
+/// The APIs whose answers are stored and replayed.
+pub fn cacheable(p: Provider) -> bool {
+    matches!(
+        p,
+        Provider::OpenAiChat | Provider::Anthropic | Provider::OpenAiResponses
+    )
+}
+
 fn provider_name(p: Provider) -> &'static str {
     match p {
         Provider::OpenAiChat => "openai-chat",
@@ -186,6 +217,7 @@ fn provider_name(p: Provider) -> &'static str {
         Provider::Anthropic => "anthropic-messages",
         Provider::AnthropicCountTokens => "anthropic-count-tokens",
         Provider::OpenAiResponses => "openai-responses",
+        Provider::OpenAiResponsesInputTokens => "openai-responses-input-tokens",
     }
 }
 
@@ -199,8 +231,9 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Trims the texts of messages (string contents and text parts) and of Anthropic's `system`:
-/// surrounding whitespace does not make another question.
+/// Trims the texts of messages (string contents and text parts), of Anthropic's `system` and of
+/// the Responses API's `instructions` and `input`: surrounding whitespace does not make another
+/// question.
 fn trim_texts(req: &mut Map<String, Value>) {
     fn trim(v: &mut Value) {
         match v {
@@ -220,22 +253,38 @@ fn trim_texts(req: &mut Map<String, Value>) {
             _ => {}
         }
     }
-    if let Some(s) = req.get_mut("system") {
-        trim(s);
+    for f in ["system", "instructions"] {
+        if let Some(s) = req.get_mut(f) {
+            trim(s);
+        }
     }
-    if let Some(Value::Array(msgs)) = req.get_mut("messages") {
-        for m in msgs {
-            if let Some(c) = m.get_mut("content") {
-                trim(c);
+    if let Some(Value::String(s)) = req.get_mut("input") {
+        let t = s.trim();
+        if t.len() != s.len() {
+            *s = t.to_owned();
+        }
+    }
+    for list in ["messages", "input"] {
+        if let Some(Value::Array(msgs)) = req.get_mut(list) {
+            for m in msgs {
+                if let Some(c) = m.get_mut("content") {
+                    trim(c);
+                }
             }
         }
     }
 }
 
 /// Removes and returns the text of the last message when it is the user's, the only non-system
-/// message (unless `multi_turn`), and text only.
-fn take_last_user_text(req: &mut Map<String, Value>, multi_turn: bool) -> Option<String> {
-    let Some(Value::Array(msgs)) = req.get_mut("messages") else {
+/// message (unless `multi_turn`), and text only. In the Responses API the messages are `input`'s
+/// items (any item that is not a system or developer message is a turn), or `input` is the one
+/// user message.
+fn take_last_user_text(req: &mut Map<String, Value>, responses: bool, multi_turn: bool) -> Option<String> {
+    let list = if responses { "input" } else { "messages" };
+    if let Some(Value::String(s)) = req.get_mut(list) {
+        return Some(std::mem::take(s));
+    }
+    let Some(Value::Array(msgs)) = req.get_mut(list) else {
         return None;
     };
     let turns = msgs
@@ -260,7 +309,7 @@ fn take_last_user_text(req: &mut Map<String, Value>, multi_turn: bool) -> Option
         Value::Array(parts) => {
             let mut out = String::new();
             for p in parts.iter() {
-                if p.get("type").and_then(Value::as_str) != Some("text") {
+                if !matches!(p.get("type").and_then(Value::as_str), Some("text" | "input_text")) {
                     return None;
                 }
                 if !out.is_empty() {
@@ -323,199 +372,4 @@ fn write_json(v: &Value, out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::panic)]
-
-    use super::*;
-    use crate::config::{RawConfig, compile};
-    use filter_core::config::parse;
-    use serde_json::json;
-
-    fn cfg(v: Value) -> Config {
-        parse::<RawConfig>(v.to_string().as_bytes())
-            .and_then(compile)
-            .unwrap()
-    }
-
-    fn ctx(scope: &str) -> Context<'_> {
-        Context {
-            scope,
-            semantic_scope: Some("subject:u"),
-            headers: Default::default(),
-        }
-    }
-
-    fn build_with(p: Provider, body: &Value, c: &Context<'_>, config: &Config) -> Result<Keyed, Bypass> {
-        build(p, body.to_string().as_bytes(), c, config)
-    }
-
-    fn key(body: &Value, scope: &str) -> Result<Keyed, Bypass> {
-        build_with(Provider::OpenAiChat, body, &ctx(scope), &cfg(json!({})))
-    }
-
-    fn chat(text: &str) -> Value {
-        json!({"model": "gpt-4o", "temperature": 0, "messages": [{"role": "user", "content": text}]})
-    }
-
-    #[test]
-    fn same_meaning_same_key() {
-        let a = key(&chat("What is Rust?"), "tenant:a").unwrap();
-        // Key order, whitespace around the text, 0 vs 0.0, transport fields: the same request.
-        let b = json!({"stream": true, "stream_options": {"include_usage": true}, "user": "u1",
-                       "prompt_cache_key": "k", "messages": [{"content": "  What is Rust?\n", "role": "user"}],
-                       "temperature": 0.0, "model": "gpt-4o"});
-        let b = key(&b, "tenant:a").unwrap();
-        assert_eq!(a.exact, b.exact);
-        assert_eq!(a.namespace, b.namespace);
-        assert!(b.stream && b.include_usage && !a.stream);
-        assert_eq!(a.semantic_text.as_deref(), Some("What is Rust?"));
-    }
-
-    #[test]
-    fn everything_that_changes_the_answer_changes_the_key() {
-        let base = key(&chat("What is Rust?"), "tenant:a").unwrap().exact;
-        let anthropic = json!({"model": "gpt-4o", "temperature": 0, "max_tokens": 5,
-                               "messages": [{"role": "user", "content": "What is Rust?"}]});
-        let mut variants = vec![
-            key(&chat("What is Rust?"), "tenant:b").unwrap().exact,
-            key(&chat("What is Go?"), "tenant:a").unwrap().exact,
-            build_with(Provider::Anthropic, &anthropic, &ctx("tenant:a"), &cfg(json!({})))
-                .unwrap()
-                .exact,
-        ];
-        // Each header that selects a template, route, upstream or provider feature.
-        for i in 0..5 {
-            let mut c = ctx("tenant:a");
-            c.headers[i] = "x";
-            variants.push(
-                build_with(Provider::OpenAiChat, &chat("What is Rust?"), &c, &cfg(json!({})))
-                    .unwrap()
-                    .exact,
-            );
-        }
-        for (field, value) in [
-            ("model", json!("gpt-4o-mini")),
-            ("max_tokens", json!(10)),
-            ("top_p", json!(0.5)),
-            ("seed", json!(7)),
-            ("tools", json!([{"type": "function", "function": {"name": "f"}}])),
-            ("tool_choice", json!("required")),
-            ("response_format", json!({"type": "json_object"})),
-            ("stop", json!(["\n"])),
-            ("temperature", json!(-0.5)),
-        ] {
-            let mut b = chat("What is Rust?");
-            b[field] = value;
-            variants.push(key(&b, "tenant:a").unwrap().exact);
-        }
-        for v in &variants {
-            assert_ne!(*v, base);
-        }
-        let mut unique = variants.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), variants.len());
-    }
-
-    #[test]
-    fn what_is_not_cached() {
-        let c = cfg(json!({}));
-        let k = |p: Provider, v: Value| build_with(p, &v, &ctx("s"), &c);
-        assert_eq!(
-            k(Provider::OpenAiEmbeddings, json!({"model": "m", "input": "x"})),
-            Err(Bypass::Api)
-        );
-        assert_eq!(
-            build(Provider::OpenAiChat, b"{not json", &ctx("s"), &c),
-            Err(Bypass::InvalidBody)
-        );
-        assert_eq!(
-            k(Provider::OpenAiChat, json!({"messages": []})),
-            Err(Bypass::InvalidBody)
-        );
-        assert_eq!(
-            k(
-                Provider::OpenAiChat,
-                json!({"model": "m", "messages": [], "temperature": 0.7})
-            ),
-            Err(Bypass::Sampled)
-        );
-        // The providers' default temperature is 1.
-        assert_eq!(
-            k(Provider::OpenAiChat, json!({"model": "m", "messages": []})),
-            Err(Bypass::Sampled)
-        );
-        assert_eq!(
-            k(
-                Provider::OpenAiChat,
-                json!({"model": "m", "messages": [], "temperature": 0, "n": 2})
-            ),
-            Err(Bypass::Choices)
-        );
-        assert_eq!(
-            k(
-                Provider::OpenAiChat,
-                json!({"model": "m", "messages": [], "temperature": 0, "logprobs": true})
-            ),
-            Err(Bypass::Logprobs)
-        );
-        let sampled = cfg(json!({"cache_sampled": true}));
-        assert!(
-            build_with(
-                Provider::OpenAiChat,
-                &json!({"model": "m", "messages": []}),
-                &ctx("s"),
-                &sampled
-            )
-            .is_ok()
-        );
-    }
-
-    #[test]
-    fn semantic_text_only_for_a_single_text_turn_by_default() {
-        let multi = json!({"model": "m", "temperature": 0, "messages": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-            {"role": "user", "content": "What is Rust?"}]});
-        assert_eq!(key(&multi, "s").unwrap().semantic_text, None);
-        let c = cfg(json!({"semantic": {"multi_turn": true}}));
-        let k = build_with(Provider::OpenAiChat, &multi, &ctx("s"), &c).unwrap();
-        assert_eq!(k.semantic_text.as_deref(), Some("What is Rust?"));
-        // A system prompt is context, not turn: single-turn still.
-        let sys = json!({"model": "m", "temperature": 0, "messages": [
-            {"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]});
-        let k = key(&sys, "s").unwrap();
-        assert_eq!(k.semantic_text.as_deref(), Some("a\nb"));
-        // Another system prompt: another namespace, so no semantic match across them.
-        let mut other = sys.clone();
-        other["messages"][0]["content"] = json!("Be verbose.");
-        assert_ne!(key(&other, "s").unwrap().namespace, k.namespace);
-        // The same context with another question: the same namespace.
-        let mut q = sys.clone();
-        q["messages"][1]["content"] = json!("something else");
-        assert_eq!(key(&q, "s").unwrap().namespace, k.namespace);
-        // Another subject: another namespace; no subject: no semantic match.
-        let mut c2 = ctx("s");
-        c2.semantic_scope = Some("subject:v");
-        assert_ne!(
-            build_with(Provider::OpenAiChat, &sys, &c2, &cfg(json!({})))
-                .unwrap()
-                .namespace,
-            k.namespace
-        );
-        c2.semantic_scope = None;
-        assert_eq!(
-            build_with(Provider::OpenAiChat, &sys, &c2, &cfg(json!({})))
-                .unwrap()
-                .semantic_text,
-            None
-        );
-        // Images are not matched by meaning.
-        let img = json!({"model": "m", "temperature": 0, "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "x"}}]}]});
-        assert_eq!(key(&img, "s").unwrap().semantic_text, None);
-        let off = cfg(json!({"semantic": {"enabled": false}}));
-        let k = build_with(Provider::OpenAiChat, &chat("x"), &ctx("s"), &off).unwrap();
-        assert_eq!(k.semantic_text, None);
-    }
-}
+mod tests;

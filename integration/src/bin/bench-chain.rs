@@ -39,6 +39,49 @@ struct Row {
     snippets: &'static [&'static Filter],
     /// The same prompt every time (answered from the cache after the first).
     hit: bool,
+    api: Api,
+}
+
+/// The API a row's requests use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Chat,
+    /// OpenAI's Responses API: its typed event stream ends with `response.completed`.
+    Responses,
+}
+
+impl Api {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Chat => CHAT,
+            Self::Responses => "/v1/responses",
+        }
+    }
+
+    fn body(self, stream: bool) -> Value {
+        match self {
+            Self::Chat => chat(stream),
+            // Room for the mock's whole reply: an answer cut at max_output_tokens ends with
+            // response.incomplete, which the cache does not store.
+            Self::Responses => {
+                let mut body = json!({"model": "gpt-4o-mini", "temperature": 0, "max_output_tokens": 64,
+                    "input": [{"role": "user", "content": [{"type": "input_text",
+                               "text": "Summarise the deployment notes for release MARK in two sentences."}]}]});
+                if stream {
+                    body["stream"] = json!(true);
+                }
+                body
+            }
+        }
+    }
+
+    /// What the last event of a complete stream carries.
+    fn end_marker(self) -> &'static str {
+        match self {
+            Self::Chat => "[DONE]",
+            Self::Responses => "event: response.completed",
+        }
+    }
 }
 
 const ROWS: &[Row] = &[
@@ -46,76 +89,109 @@ const ROWS: &[Row] = &[
         label: "bare Envoy",
         snippets: &[],
         hit: false,
+        api: Api::Chat,
     },
     Row {
         label: "jwt-auth alone",
         snippets: &[J],
         hit: false,
+        api: Api::Chat,
     },
     Row {
         label: "prompt-templater alone",
         snippets: &[T],
         hit: false,
+        api: Api::Chat,
     },
     Row {
         label: "content-moderator alone",
         snippets: &[M],
         hit: false,
+        api: Api::Chat,
     },
     Row {
         label: "semantic-router alone",
         snippets: &[R],
         hit: false,
+        api: Api::Chat,
     },
     Row {
         label: "response-cache alone, miss",
         snippets: &[C],
         hit: false,
+        api: Api::Chat,
     },
     Row {
         label: "response-cache alone, hit",
         snippets: &[C],
         hit: true,
+        api: Api::Chat,
     },
     Row {
         label: "token-counter alone",
         snippets: &[K],
         hit: false,
+        api: Api::Chat,
     },
     Row {
         label: "auth + token counting",
         snippets: &[J, K],
         hit: false,
+        api: Api::Chat,
     },
     Row {
         label: "+ moderation",
         snippets: &[J, M, K],
         hit: false,
+        api: Api::Chat,
     },
     Row {
         label: "+ response cache, miss",
         snippets: &[J, M, C, K],
         hit: false,
+        api: Api::Chat,
     },
     Row {
         label: "+ response cache, hit",
         snippets: &[J, M, C, K],
         hit: true,
+        api: Api::Chat,
     },
     Row {
         label: "+ semantic routing, miss",
         snippets: &[J, M, R, C, K],
         hit: false,
+        api: Api::Chat,
     },
     Row {
         label: "full chain (six), miss",
         snippets: &[J, T, M, R, C, K],
         hit: false,
+        api: Api::Chat,
     },
     Row {
         label: "full chain (six), hit",
         snippets: &[J, T, M, R, C, K],
         hit: true,
+        api: Api::Chat,
+    },
+    Row {
+        label: "bare Envoy, Responses API",
+        snippets: &[],
+        hit: false,
+        api: Api::Responses,
+    },
+    Row {
+        label: "full chain (six), miss, Responses API",
+        snippets: &[J, T, M, R, C, K],
+        hit: false,
+        api: Api::Responses,
+    },
+    Row {
+        label: "full chain (six), hit, Responses API",
+        snippets: &[J, T, M, R, C, K],
+        hit: true,
+        api: Api::Responses,
     },
 ];
 
@@ -221,20 +297,28 @@ fn main() -> Result<(), Error> {
         let ready = t.elapsed();
         envoy_cpus = cpus_allowed(&envoy.pid().to_string());
         let rss_idle = rss_mb(envoy.pid());
-        let url = envoy.url(CHAT);
+        let url = envoy.url(row.api.path());
+        let json_body = row.api.body(false);
         let closed = |connections: u32, secs: u64| {
             if row.hit {
-                wrk_with_headers(&url, &chat(false), &headers, secs, connections, &dir)
+                wrk_with_headers(&url, &json_body, &headers, secs, connections, &dir)
             } else {
-                wrk_varying_with_headers(&url, &chat(false), "MARK", &headers, secs, connections, &dir)
+                wrk_varying_with_headers(&url, &json_body, "MARK", &headers, secs, connections, &dir)
             }
         };
         closed(4, 1)?; // warm-up (and, for hit rows, the entry the rest hit)
         let one = closed(1, seconds)?;
         let many = closed(16, seconds)?;
         let marker = (!row.hit).then_some("MARK");
-        let open = open_loop(&url, &chat(false), marker, &headers, rate, seconds)?;
-        let stream = stream_timing(&url, &chat(true), marker, &stream_headers, streams)?;
+        let open = open_loop(&url, &json_body, marker, &headers, rate, seconds)?;
+        let stream = stream_timing(
+            &url,
+            &row.api.body(true),
+            marker,
+            &stream_headers,
+            streams,
+            row.api.end_marker(),
+        )?;
         let rss_loaded = rss_mb(envoy.pid());
         let m = Measured {
             ready,

@@ -1,8 +1,9 @@
 //! A mock LLM provider speaking the OpenAI and Anthropic HTTP APIs on the wire as the real ones do:
 //! `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/messages` (and
-//! `/v1/messages/count_tokens`) and `/v1/responses`, JSON and SSE
-//! streaming (OpenAI chunks with `stream_options.include_usage`; Anthropic `message_start` …
-//! `message_stop`). Replies are derived from the request, so the same request always gets the same
+//! `/v1/messages/count_tokens`) and `/v1/responses` (and `POST /v1/responses/input_tokens`,
+//! `GET /v1/responses/{id}`), JSON and SSE streaming (OpenAI chunks with
+//! `stream_options.include_usage`; Anthropic `message_start` … `message_stop`; the Responses API's
+//! typed events). Replies are derived from the request, so the same request always gets the same
 //! bytes. `usage` carries real tiktoken counts.
 //!
 //! Test controls (request headers):
@@ -202,6 +203,7 @@ enum Api {
     Messages,
     CountTokens,
     Responses,
+    ResponsesInputTokens,
 }
 
 impl Api {
@@ -297,6 +299,13 @@ async fn handle(req: Request<Incoming>, journal: Arc<Journal>) -> Result<Respons
         ("POST", "/v1/messages") => Api::Messages,
         ("POST", "/v1/messages/count_tokens") => Api::CountTokens,
         ("POST", "/v1/responses") => Api::Responses,
+        ("POST", "/v1/responses/input_tokens") => Api::ResponsesInputTokens,
+        ("GET", p)
+            if p.strip_prefix("/v1/responses/")
+                .is_some_and(|id| !id.contains('/')) =>
+        {
+            return Ok(responses::retrieve(&journal, &p["/v1/responses/".len()..]));
+        }
         _ => {
             return Ok(json_response(
                 StatusCode::NOT_FOUND,
@@ -342,6 +351,7 @@ async fn handle(req: Request<Incoming>, journal: Arc<Journal>) -> Result<Respons
         Api::Messages => anthropic::messages(&rec, &request, &ctl),
         Api::CountTokens => anthropic::count_tokens(&request),
         Api::Responses => responses::create(&rec, &request, &ctl),
+        Api::ResponsesInputTokens => responses::input_tokens(&request),
     })
 }
 

@@ -6,7 +6,7 @@
 //! `response.incomplete` when `max_output_tokens` cut the answer), with no `[DONE]`.
 
 use super::reply::{fnv, reply};
-use super::{Controls, MockBody, Recorded, json_response, openai_error, sse_response, tools};
+use super::{Controls, Journal, MockBody, Recorded, json_response, openai_error, sse_response, tools};
 use crate::tokens;
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
@@ -66,11 +66,11 @@ pub(super) fn create(rec: &Recorded, req: &Value, ctl: &Controls) -> Response<Mo
             &openai_error("Missing required parameter: 'input'.", "invalid_request_error"),
         );
     }
-    let (all, last_user) = prompt(req);
+    let (_, last_user) = prompt(req);
     let max = req.get("max_output_tokens").and_then(Value::as_u64);
     let r = reply(model, &last_user, rec, ctl, max);
     let call = tools::tool_call(model, &tools_as_chat(req), rec, ctl, &last_user, false);
-    let input_tokens = tokens::count(model, &all) + 3;
+    let input_tokens = count_input(model, req);
     let cached = ctl.cached_tokens.min(input_tokens);
     let output_tokens = call.as_ref().map_or(r.completion_tokens, |c| c.completion_tokens);
     let h = fnv(&rec.body);
@@ -166,6 +166,45 @@ pub(super) fn create(rec: &Recorded, req: &Value, ctl: &Controls) -> Response<Mo
     };
     ev(json!({"type": last, "response": response(status, json!([item]), usage)}));
     sse_response(events, ctl)
+}
+
+/// What the mock bills as a request's input: the tiktoken count of every input text, plus 3.
+fn count_input(model: &str, req: &Value) -> u64 {
+    tokens::count(model, &prompt(req).0) + 3
+}
+
+/// `POST /v1/responses/input_tokens`: the count `create` would bill (`model` and `input` are
+/// optional here).
+pub(super) fn input_tokens(req: &Value) -> Response<MockBody> {
+    let model = req.get("model").and_then(Value::as_str).unwrap_or("gpt-4o");
+    json_response(
+        StatusCode::OK,
+        &json!({"object": "response.input_tokens", "input_tokens": count_input(model, req)}),
+    )
+}
+
+/// `GET /v1/responses/{id}`: a response created earlier without `store: false`, as JSON (the
+/// mock is deterministic: the request it answered, answered again, is the stored response).
+pub(super) fn retrieve(journal: &Journal, id: &str) -> Response<MockBody> {
+    let created = journal.requests().into_iter().rev().find(|r| {
+        r.method == "POST" && r.path == "/v1/responses" && format!("resp_mock{:016x}", fnv(&r.body)) == id
+    });
+    let stored = created.and_then(|rec| {
+        let mut req: Value = serde_json::from_slice(&rec.body).ok()?;
+        (req.get("store") != Some(&json!(false))).then(|| {
+            req["stream"] = json!(false);
+            create(&rec, &req, &Controls::from(&rec))
+        })
+    });
+    stored.unwrap_or_else(|| {
+        json_response(
+            StatusCode::NOT_FOUND,
+            &openai_error(
+                &format!("Response with id '{id}' not found."),
+                "invalid_request_error",
+            ),
+        )
+    })
 }
 
 /// Responses tools are flat (`{"type":"function","name",…}`); the shared tool-call helper reads

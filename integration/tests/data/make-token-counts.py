@@ -170,4 +170,69 @@ for name, messages in TOOLS.items():
             model: [len(tiktoken.get_encoding(e).encode(m["content"])) for m in messages] for model, e in MODELS.items()
         },
     }
+
+# The Responses API publishes no formula, so these use the framing the token counter documents
+# (filters/token-counter/src/count.rs, `responses`): chat's 3 tokens per input item plus its role,
+# `instructions` as a developer message, 3 to prime the reply, the texts the model reads (message
+# contents and parts, function-call arguments and outputs, reasoning summaries) and each function
+# tool's name, description and compact JSON parameter schema.
+RESPONSES = {
+    "string_input": {"instructions": "Answer briefly.", "input": "What does a gateway do?"},
+    "items": {
+        "input": [
+            {"role": "developer", "content": "You are a careful assistant."},
+            {"role": "user", "content": [{"type": "input_text", "text": "Where is order 42?"}]},
+            {"type": "function_call", "call_id": "call_1", "name": "lookup_order", "arguments": "{\"order_id\":\"42\"}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "{\"status\": \"shipped\"}"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "It has shipped."}]},
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "The user asks for a status."}]},
+            {"role": "user", "content": "東京へ送れますか？ 🎉"},
+        ]
+    },
+    "tools": {
+        "instructions": "Use the tools when they help.",
+        "input": [{"role": "user", "content": "What's the weather like in San Francisco?"}],
+        "tools": [
+            {"type": "function", "name": f["function"]["name"], "description": f["function"]["description"],
+             "parameters": f["function"]["parameters"]}
+            for f in WEATHER_TOOLS
+        ],
+    },
+    "long": {"instructions": "You summarise engineering documents.", "input": LONG},
+}
+
+
+def count_responses(req, enc):
+    n = 3
+    tok = lambda t: len(enc.encode(t))
+    if "instructions" in req:
+        n += 3 + tok("developer") + tok(req["instructions"])
+    items = req["input"]
+    if isinstance(items, str):
+        n += 3 + tok("user") + tok(items)
+        items = []
+    for item in items:
+        n += 3
+        if "role" in item:
+            n += tok(item["role"])
+        content = item.get("content")
+        if isinstance(content, str):
+            n += tok(content)
+        elif isinstance(content, list):
+            n += sum(tok(p["text"]) for p in content if "text" in p)
+        for field in ("arguments", "output"):
+            if isinstance(item.get(field), str):
+                n += tok(item[field])
+        for part in item.get("summary", []):
+            n += tok(part["text"])
+    for tool in req.get("tools", []):
+        n += tok(tool["name"]) + tok(tool["description"])
+        n += tok(json.dumps(tool["parameters"], separators=(",", ":"), ensure_ascii=False))
+    return n
+
+
+out["responses"] = {
+    name: {"request": req, "input_tokens": {model: count_responses(req, tiktoken.get_encoding(e)) for model, e in MODELS.items()}}
+    for name, req in RESPONSES.items()
+}
 print(json.dumps(out, ensure_ascii=False, indent=1))

@@ -198,16 +198,15 @@ async fn invisible_and_full_width_evasion_is_caught() {
         assert_eq!(r.status, 200, "{text}");
         assert_eq!(received(&r), want, "{text}");
     }
-    // A POST to an API the moderator cannot read is not sent.
+    // A POST to an API the moderator cannot read is not sent; the Responses API is read.
     let before = mock.journal.count();
-    let r = send(
-        &envoy,
-        "/v1/responses",
-        &json!({"model": "gpt-4o", "input": "AKIAIOSFODNN7EXAMPLE"}),
-    )
-    .await;
+    let body = json!({"model": "gpt-4o", "input": "AKIAIOSFODNN7EXAMPLE"});
+    let r = send(&envoy, "/v1/responses/compact", &body).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "unsupported_api");
+    let r = send(&envoy, "/v1/responses", &body).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "content_blocked");
     assert_eq!(mock.journal.count(), before);
 }
 

@@ -122,6 +122,31 @@ async fn openai_requests_are_rendered_exactly_streaming_included() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_requests_get_the_template_as_input_items_and_keep_their_instructions() {
+    let mock = MockLlm::start().unwrap();
+    let envoy = envoy(&mock, &library(), 1).unwrap();
+    let c = Client::new();
+    for stream in [false, true] {
+        let req = json!({"model": "gpt-4o-mini", "stream": stream, "instructions": "Be brief.",
+            "tollgate_template": {"id": "support", "version": "v2",
+                                  "variables": {"product": "gadgets", "question": "Is it waterproof?"}},
+            "input": "My own follow-up."});
+        let r = c.post_json(&envoy.url("/v1/responses"), &[], &req).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-tollgate-template"), Some("support@v2"));
+        assert_eq!(
+            mock.journal.last().unwrap().json().unwrap(),
+            json!({"model": "gpt-4o-mini", "stream": stream, "instructions": "Be brief.", "input": [
+                {"type": "message", "role": "system", "content": "Expert on gadgets, friendly tone."},
+                {"type": "message", "role": "user", "content": "Q: Is it waterproof?"},
+                {"type": "message", "role": "user", "content": "My own follow-up."}]}),
+            "stream={stream}: the chat decorators' path prefix leaves this path alone"
+        );
+    }
+    assert_eq!(stat(&envoy, "renders.template.support.version.v2"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_requests_get_system_and_messages_and_no_chat_decorators() {
     let mock = MockLlm::start().unwrap();
     let envoy = envoy(&mock, &library(), 1).unwrap();

@@ -324,6 +324,22 @@ async fn keyword_fast_path_skips_the_sidecar() {
     let log = envoy.wait_access_log(3);
     let threshold = snippet_config(SNIPPET).unwrap()["threshold"].as_f64().unwrap();
     assert!(log[2]["route_score"].as_str().unwrap().parse::<f64>().unwrap() >= threshold);
+
+    // The Responses API is routed by the turn's user input, not by its instructions.
+    for input in [
+        json!("When will my refund arrive?"),
+        json!([{"role": "user", "content": [{"type": "input_text", "text": "When will my refund arrive?"}]}]),
+    ] {
+        let before = p.counts();
+        let body =
+            json!({"model": "gpt-4o-mini", "instructions": "Write a Go function if asked.", "input": input});
+        let r = Client::new()
+            .post_json(&envoy.url("/v1/responses"), &[], &body)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(p.reached(&before), "support", "{input}");
+    }
 }
 
 /// Precomputed vectors (no sidecar call at start), a model rewrite, the Anthropic API, explicit

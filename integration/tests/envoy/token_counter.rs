@@ -64,6 +64,30 @@ async fn prompt_counts_equal_python_tiktoken_reference_counts() {
     }
 }
 
+/// The Responses API has no published formula: the reference applies the framing the counter
+/// documents to Python `tiktoken`'s counts of each text (`make-token-counts.py`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_counts_equal_python_tiktoken_reference_counts() {
+    let mock = MockLlm::start().unwrap();
+    let envoy = envoy(&mock, &json!({"response_headers": true}), 1).unwrap();
+    let c = Client::new();
+    let r = reference();
+    let requests = r["responses"].as_object().unwrap();
+    assert!(requests.len() >= 4);
+    for (name, case) in requests {
+        for model in ["gpt-4o", "gpt-4-0613"] {
+            let mut req = case["request"].clone();
+            req["model"] = json!(model);
+            req["max_output_tokens"] = json!(5);
+            let resp = c.post_json(&envoy.url("/v1/responses"), &[], &req).await.unwrap();
+            assert_eq!(resp.status, 200, "{name}: {}", resp.text());
+            let want = case["input_tokens"][model].as_u64().unwrap();
+            let got: u64 = resp.header("x-tollgate-prompt-tokens").unwrap().parse().unwrap();
+            assert_eq!(got, want, "{name} / {model}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_and_cost_from_json_and_streams_of_both_apis() {
     let mock = MockLlm::start().unwrap();

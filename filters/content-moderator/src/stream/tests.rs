@@ -3,7 +3,7 @@
 use super::*;
 use crate::config::{RawRules, compile_rules};
 
-fn rules() -> Rules {
+pub(super) fn rules() -> Rules {
     let v = json!({"detectors": {"payment_card": {"action": "mask", "mask": "last4"},
                                  "email": {"action": "mask"},
                                  "private_key": {"action": "block"}}});

@@ -25,6 +25,10 @@ pub enum Provider {
     OpenAiEmbeddings,
     /// `POST /v1/responses` (not `/v1/responses/{id}…`, which read or cancel stored responses)
     OpenAiResponses,
+    /// `POST /v1/responses/input_tokens`: a Responses request (`model` and `input` optional),
+    /// answered with `{"object": "response.input_tokens", "input_tokens": N}`. Moderated and
+    /// templated like a response; never charged, cached or routed (nothing is generated).
+    OpenAiResponsesInputTokens,
     /// `POST /v1/messages`
     Anthropic,
     /// `POST /v1/messages/count_tokens`: a Messages request without `max_tokens`, answered with
@@ -50,6 +54,8 @@ impl Provider {
             Some(Self::OpenAiEmbeddings)
         } else if path.ends_with("/v1/responses") {
             Some(Self::OpenAiResponses)
+        } else if path.ends_with("/v1/responses/input_tokens") {
+            Some(Self::OpenAiResponsesInputTokens)
         } else if path.ends_with("/v1/messages") {
             // Only Anthropic's endpoint: OpenAI's Assistants API has `/v1/threads/{id}/messages`.
             Some(Self::Anthropic)
@@ -69,9 +75,12 @@ impl Provider {
     }
 
     /// Whether the model generates an answer (which is then charged, cached and routed); false for
-    /// count_tokens.
+    /// the token-counting endpoints.
     pub const fn generates(self) -> bool {
-        !matches!(self, Self::AnthropicCountTokens)
+        !matches!(
+            self,
+            Self::AnthropicCountTokens | Self::OpenAiResponsesInputTokens
+        )
     }
 }
 
@@ -101,7 +110,14 @@ impl Request {
                 Self::Messages(r)
             }
             Provider::AnthropicCountTokens => Self::Messages(serde_json::from_slice(body)?),
-            Provider::OpenAiResponses => Self::Responses(serde_json::from_slice(body)?),
+            Provider::OpenAiResponses => {
+                let r: responses::ResponsesRequest = serde_json::from_slice(body)?;
+                if r.model.is_empty() {
+                    return Err(<serde_json::Error as serde::de::Error>::missing_field("model"));
+                }
+                Self::Responses(r)
+            }
+            Provider::OpenAiResponsesInputTokens => Self::Responses(serde_json::from_slice(body)?),
         })
     }
 
@@ -184,6 +200,10 @@ mod tests {
             ("/v1/responses/resp_123", None),
             ("/v1/responses/resp_123/input_items", None),
             ("/v1/responses/resp_123/cancel", None),
+            (
+                "/v1/responses/input_tokens",
+                Some(Provider::OpenAiResponsesInputTokens),
+            ),
             ("/anthropic/v1/messages", Some(Provider::Anthropic)),
             ("/v1/threads/thread_abc/messages", None),
             ("/v1/models", None),
@@ -252,5 +272,12 @@ mod tests {
             count.to_vec().unwrap(),
             br#"{"model":"c","messages":[{"role":"user","content":"hi"}]}"#
         );
+        assert!(
+            Request::parse(Provider::OpenAiResponses, br#"{"input":"hi"}"#).is_err(),
+            "a response needs its model"
+        );
+        let count = Request::parse(Provider::OpenAiResponsesInputTokens, br#"{"input":"hi"}"#).unwrap();
+        assert_eq!(count.to_vec().unwrap(), br#"{"input":"hi"}"#, "no model is added");
+        assert!(!Provider::OpenAiResponsesInputTokens.generates());
     }
 }
