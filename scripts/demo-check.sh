@@ -71,7 +71,7 @@ request 200 "routed" "$GW/v1/chat/completions" "${as_alice[@]}" -d "$(chat gpt-4
          && ok "routed by meaning to llm_math" || { echo "      log: $line"; bad "not routed to math"; }; }
 
 q='{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"What is the capital of France?"}]}'
-p='{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"What'"'"'s the capital city of France?"}]}'
+p='{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"Quick question: what'"'"'s the capital of France?"}]}'
 cache=()
 for body in "$q" "$q" "$p"; do
   request 200 "cache" "$GW/v1/chat/completions" "${as_alice[@]}" -d "$body" && cache+=("$(header x-tollgate-cache)")

@@ -167,7 +167,7 @@ Try, in another terminal:
   # A cache hit: the same deterministic (temperature 0) question twice; the second answer comes
   # from the gateway (x-tollgate-cache: hit, age), a paraphrase from the semantic cache. The cache
   # is scoped by the tenant and the semantic matches by the subject, both from the token.
-  for q in 'What is the capital of France?' 'What is the capital of France?' "What's the capital city of France?"; do
+  for q in 'What is the capital of France?' 'What is the capital of France?' "Quick question: what's the capital of France?"; do
     curl -si $GW/v1/chat/completions -H "authorization: Bearer \$ALICE" -H 'content-type: application/json' \\
       -d "{\\"model\\":\\"gpt-4o-mini\\",\\"temperature\\":0,\\"messages\\":[{\\"role\\":\\"user\\",\\"content\\":\\"\$q\\"}]}" \\
       | grep -i '^x-tollgate-cache'; sleep 0.2

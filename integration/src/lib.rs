@@ -5,6 +5,7 @@ pub mod bench;
 pub mod client;
 pub mod envoy;
 pub mod issuer;
+pub mod labelled;
 pub mod mock;
 pub mod ports;
 pub mod tokens;

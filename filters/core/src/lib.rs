@@ -11,6 +11,7 @@ pub mod prompt;
 pub mod reads;
 pub mod sse;
 pub mod usage;
+pub mod verify;
 
 pub use api::Provider;
 pub use error::{ApiError, ErrorKind, Shape};

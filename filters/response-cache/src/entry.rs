@@ -69,26 +69,6 @@ impl Entry {
     }
 }
 
-/// Whether two prompts use the same words in another order ("Celsius to Fahrenheit" and
-/// "Fahrenheit to Celsius"). Sentence embeddings barely see word order, so such a pair scores
-/// about 0.99 and would get each other's answer; a semantic hit between them is refused.
-pub fn reordered(a: &str, b: &str) -> bool {
-    fn words(s: &str) -> Vec<String> {
-        s.split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect()
-    }
-    let (wa, wb) = (words(a), words(b));
-    if wa == wb {
-        return false;
-    }
-    let (mut sa, mut sb) = (wa, wb);
-    sa.sort_unstable();
-    sb.sort_unstable();
-    sa == sb
-}
-
 /// Checks that a JSON response can be stored and replayed: the provider's success shape, one
 /// choice, text only (tool calls and refusals are passed, not stored).
 pub fn storable(provider: Provider, body: &[u8]) -> Result<(), &'static str> {

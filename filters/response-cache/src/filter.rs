@@ -6,8 +6,9 @@
 
 use crate::config::Config;
 use crate::decide::{self, ClientControl, Recording, ResponseHead};
-use crate::entry::{self, Entry, Recorder};
+use crate::entry::{Entry, Recorder};
 use crate::key::{self, Bypass, Context as KeyContext, Keyed};
+use filter_core::verify::{self, Verdict};
 use filter_core::{Provider, headers};
 use filter_host::body::{self as host_body, Body};
 use filter_host::metrics::Record as _;
@@ -114,6 +115,37 @@ impl Http {
     }
 }
 
+impl Http {
+    /// Whether a semantic candidate (the cached `prompt`, at `similarity`) answers `asked`: the
+    /// verifier finds no contrast, and the similarity reaches `threshold` (or
+    /// `same_words_threshold` for the same content words; the sidecar applied that one).
+    fn verified(&self, prompt: &str, asked: &str, similarity: f32) -> bool {
+        let cfg = &self.shared.config.semantic;
+        match verify::compare(prompt, asked) {
+            Verdict::SameWords => true,
+            Verdict::Close if similarity >= cfg.threshold => true,
+            Verdict::Close => {
+                log!(
+                    Debug,
+                    Some(self.id),
+                    "semantic candidate below the threshold ({similarity:.3})"
+                );
+                false
+            }
+            Verdict::Different(c) => {
+                self.shared.metrics.borrow_mut().refused.get(c.name()).inc();
+                log!(
+                    Debug,
+                    Some(self.id),
+                    "semantic candidate refused at {similarity:.3}: {}",
+                    c.as_str()
+                );
+                false
+            }
+        }
+    }
+}
+
 impl Context for Http {
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, size: usize) {
         if !self.looking_up {
@@ -150,17 +182,7 @@ impl Context for Http {
             .unwrap_or_default();
         let served = Entry::decode(&reply.value)
             .filter(|e| e.is_fresh(now, ttl) && (similarity.is_some() || e.key == exact))
-            .filter(|e| {
-                let refused = similarity.is_some() && entry::reordered(&e.prompt, &prompt);
-                if refused {
-                    log!(
-                        Debug,
-                        Some(self.id),
-                        "semantic match refused: the same words in another order"
-                    );
-                }
-                !refused
-            })
+            .filter(|e| similarity.is_none_or(|s| self.verified(&e.prompt, &prompt, s)))
             .is_some_and(|e| self.serve(&e.body, reply.age_seconds, similarity));
         if !served {
             self.miss(true);

@@ -39,6 +39,8 @@ pub enum Method {
     Semantic,
     /// Nothing was similar enough: the default route.
     BelowThreshold,
+    /// The best two routes scored within `margin` of each other: the default route.
+    Ambiguous,
     /// The request has no text to route by: the default route.
     NoText,
     /// The body is not the API's JSON: the default route (the provider answers the error).
@@ -50,11 +52,12 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Explicit,
         Self::Keyword,
         Self::Semantic,
         Self::BelowThreshold,
+        Self::Ambiguous,
         Self::NoText,
         Self::InvalidBody,
         Self::NotReady,
@@ -67,6 +70,7 @@ impl Method {
             Self::Keyword => "keyword",
             Self::Semantic => "semantic",
             Self::BelowThreshold => "below_threshold",
+            Self::Ambiguous => "ambiguous",
             Self::NoText => "no_text",
             Self::InvalidBody => "invalid_body",
             Self::NotReady => "not_ready",
@@ -149,7 +153,9 @@ pub struct Scratch {
 }
 
 /// The nearest route whose score (see [`Index::scores`]) reaches its threshold, best first; else the default
-/// route with the best score seen. `scratch` is reused between requests.
+/// route with the best score seen. When the runner-up route (any route, above its threshold or
+/// not) scores within `margin` of the best, the prompt lies between them: the default route, as
+/// [`Method::Ambiguous`]. `scratch` is reused between requests.
 pub fn nearest(cfg: &Config, index: &Index, q: &[f32], scratch: &mut Scratch) -> Option<Decision> {
     index.scores(
         q,
@@ -166,7 +172,21 @@ pub fn nearest(cfg: &Config, index: &Index, q: &[f32], scratch: &mut Scratch) ->
             best = Some((i, s));
         }
     }
+    let runner_up = |route: usize| {
+        scratch
+            .scores
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != route)
+            .map(|(_, &s)| s)
+            .fold(f32::NEG_INFINITY, f32::max)
+    };
     Some(match best {
+        Some((route, s)) if route != cfg.default && s - runner_up(route) < cfg.margin => Decision {
+            route: cfg.default,
+            method: Method::Ambiguous,
+            score: Some(s),
+        },
         Some((route, s)) => Decision {
             route,
             method: Method::Semantic,
@@ -234,6 +254,24 @@ mod tests {
         assert!((d.score.unwrap() - 0.4).abs() < 1e-5);
         // Another dimension is not a decision.
         assert!(nearest(&c, &c.index, &[1.0, 0.0], &mut scratch).is_none());
+    }
+
+    #[test]
+    fn a_prompt_between_two_routes_takes_the_default() {
+        let mut c = routes();
+        let mut scratch = Scratch::default();
+        // code 0.894 (its second example), math 0.894 (its threshold 0.9 not reached: it still
+        // counts as the runner-up), general 0: code's lead is 0 < margin.
+        let q = [0.447_214, 0.894_427, 0.0];
+        let d = nearest(&c, &c.index, &q, &mut scratch).unwrap();
+        assert_eq!((d.route, d.method), (2, Method::Ambiguous));
+        // A clear lead is routed.
+        let d = nearest(&c, &c.index, &[0.8, 0.6, 0.0], &mut scratch).unwrap();
+        assert_eq!((d.route, d.method), (0, Method::Semantic));
+        // Margin 0: always the best.
+        c.margin = 0.0;
+        let d = nearest(&c, &c.index, &q, &mut scratch).unwrap();
+        assert_eq!((d.route, d.method), (0, Method::Semantic));
     }
 
     #[test]

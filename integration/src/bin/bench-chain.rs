@@ -201,8 +201,8 @@ const BUDGET: (&str, &str) = (
     r#"{"name": "per-minute", "window": "minute", "tokens": 100000000000}"#,
 );
 const THRESHOLD: (&str, &str) = (
-    r#""semantic": {"enabled": true, "threshold": 0.92}"#,
-    r#""semantic": {"enabled": true, "threshold": 1.0}"#,
+    r#""semantic": {"enabled": true, "threshold": 0.6, "same_words_threshold": 0.35}"#,
+    r#""semantic": {"enabled": true, "threshold": 1.0, "same_words_threshold": 1.0}"#,
 );
 
 fn chat(stream: bool) -> Value {

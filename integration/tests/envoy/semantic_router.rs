@@ -1,5 +1,5 @@
 //! The semantic-router filter in the real Envoy with the real sidecar and model: the shipped snippet
-//! routes a labelled set of prompts (integration/tests/data/routes.json) through the route table of
+//! routes the held-out labelled prompts (integration/tests/data/routes.heldout.json) through the route table of
 //! `envoy/envoy.yaml` to one mock provider per cluster, and each test checks which provider got
 //! the request. Also: the keyword fast path, precomputed vectors, model rewrites, client headers,
 //! failover between clusters, and the sidecar down, late or killed.
@@ -110,16 +110,14 @@ async fn wait_examples(envoy: &Envoy, n: u64, within: Duration) {
     }
 }
 
+/// The held-out half of the labelled routing prompts (label, text).
 fn labelled() -> Vec<(String, String)> {
-    let path = tollgate_it::repo_root().join("integration/tests/data/routes.json");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut out = Vec::new();
-    for (label, prompts) in v["prompts"].as_object().unwrap() {
-        for p in prompts.as_array().unwrap() {
-            out.push((label.clone(), p.as_str().unwrap().to_owned()));
-        }
-    }
-    out
+    tollgate_it::labelled::routing_prompts()
+        .unwrap()
+        .into_iter()
+        .filter(|p| !p.tune())
+        .map(|p| (p.route, p.text))
+        .collect()
 }
 
 fn examples_in_snippet() -> u64 {
@@ -167,7 +165,7 @@ async fn labelled_prompts_reach_their_clusters() {
     wait_examples(&envoy, examples_in_snippet(), Duration::from_secs(60)).await;
 
     let set = labelled();
-    assert!(set.len() >= 100);
+    assert!(set.len() >= 150, "{} held-out prompts", set.len());
     let mut per_label: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut confusions = Vec::new();
     for (label, text) in &set {
@@ -183,7 +181,7 @@ async fn labelled_prompts_reach_their_clusters() {
     let correct: usize = per_label.values().map(|(c, _)| c).sum();
     let accuracy = correct as f64 / set.len() as f64;
     println!(
-        "semantic-router accuracy on {} labelled prompts: {accuracy:.3}",
+        "semantic-router accuracy on {} held-out prompts: {accuracy:.3}",
         set.len()
     );
     for (label, (c, n)) in &per_label {
@@ -202,11 +200,17 @@ async fn labelled_prompts_reach_their_clusters() {
         };
         assert_eq!(entry["upstream"], cluster.as_str(), "{entry}");
         assert!(
-            ["semantic", "keyword", "below_threshold"].contains(&entry["route_method"].as_str().unwrap()),
+            ["semantic", "keyword", "below_threshold", "ambiguous"]
+                .contains(&entry["route_method"].as_str().unwrap()),
             "{entry}"
         );
     }
     let semantic = log.iter().filter(|e| e["route_method"] == "semantic").count();
+    let ambiguous = log.iter().filter(|e| e["route_method"] == "ambiguous").count();
+    println!(
+        "sent to the default route as ambiguous: {ambiguous} ({:.3})",
+        ambiguous as f64 / set.len() as f64
+    );
     assert!(
         semantic >= set.len() / 2,
         "most decisions are by meaning: {semantic}"
@@ -224,71 +228,88 @@ async fn labelled_prompts_reach_their_clusters() {
         })
         .sum();
     assert_eq!(decided, set.len() as u64);
-    assert!(accuracy >= 0.9, "accuracy {accuracy:.3} is below 0.9");
+    // Floors under the measured 0.890 (the target, 0.95, is not reached; see the README).
+    assert!(accuracy >= 0.87, "held-out accuracy {accuracy:.3} is below 0.87");
     for (label, (c, n)) in &per_label {
-        assert!(*c as f64 / *n as f64 >= 0.8, "{label}: {c}/{n}");
+        assert!(*c as f64 / *n as f64 >= 0.75, "{label}: {c}/{n}");
     }
 }
 
-/// The decision rule of the filter (`semantic_router::decide`) on the same vectors, for thresholds
-/// around the shipped one: how the README's threshold was chosen. Reports, and checks the shipped
-/// threshold is within 0.02 of the best accuracy.
+/// The decision rule of the filter (`semantic_router::decide`) on the sidecar's vectors, over
+/// `top_k`, `threshold` and `margin`, on the tuning half of integration/tests/data/
+/// routes.heldout.json: how the shipped settings were chosen (the best tuning accuracy; within
+/// 0.01 of it, one prompt, the largest margin, so a prompt between two routes takes the default
+/// instead of a guess; then the larger top_k and the lower threshold). Prints the grid and the
+/// held-out accuracy at the shipped settings; checks the shipped settings are within 0.01 of the
+/// best on the tuning half.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn threshold_sweep_over_the_labelled_set() {
+async fn settings_sweep_over_the_tuning_prompts() {
     use semantic_router::config::{RawConfig, compile};
     use semantic_router::decide;
     let sc = start_sidecar();
     let mut cfg = snippet_config(SNIPPET).unwrap();
-    let shipped = cfg["threshold"].as_f64().unwrap();
+    let shipped = (
+        cfg["top_k"].as_u64().unwrap_or(3),
+        cfg["threshold"].as_f64().unwrap(),
+        cfg["margin"].as_f64().unwrap_or(0.0),
+    );
     for r in cfg["routes"].as_array_mut().unwrap() {
         let texts: Vec<String> = serde_json::from_value(r["examples"].clone()).unwrap_or_default();
         if !texts.is_empty() {
             r["embeddings"] = json!(embed(&sc, texts).await);
         }
     }
-    let set = labelled();
-    let vectors = embed(&sc, set.iter().map(|(_, t)| t.clone()).collect()).await;
+    let set = tollgate_it::labelled::routing_prompts().unwrap();
+    let vectors = embed(&sc, set.iter().map(|p| p.text.clone()).collect()).await;
     let mut scratch = decide::Scratch::default();
-    let mut best = 0.0f64;
-    let mut at_shipped = 0.0f64;
-    let shipped_k = cfg["top_k"].as_u64().unwrap_or(1);
-    println!("top_k  threshold  accuracy  default-route share");
-    for (k, step) in [1u64, 2, 3, 5]
-        .into_iter()
-        .flat_map(|k| (0..=12).map(move |s| (k, s)))
-    {
-        let t = 0.05 * f64::from(step);
+    let mut score = |k: u64, t: f64, m: f64, tune: bool| -> (f64, f64) {
         cfg["threshold"] = json!(t);
         cfg["top_k"] = json!(k);
+        cfg["margin"] = json!(m);
         let c = filter_core::config::parse::<RawConfig>(cfg.to_string().as_bytes())
             .and_then(compile)
             .unwrap();
-        let (mut ok, mut defaulted) = (0usize, 0usize);
-        for ((label, text), v) in set.iter().zip(&vectors) {
-            let d = match decide::fast_path(&c, text) {
+        let (mut n, mut ok, mut defaulted) = (0usize, 0usize, 0usize);
+        for (p, v) in set.iter().zip(&vectors).filter(|(p, _)| p.tune() == tune) {
+            let d = match decide::fast_path(&c, &p.text) {
                 Some(r) => decide::Decision::new(r, decide::Method::Keyword),
                 None => decide::nearest(&c, &c.index, v, &mut scratch).unwrap(),
             };
-            ok += usize::from(c.routes[d.route].name == *label);
-            defaulted += usize::from(d.method == decide::Method::BelowThreshold);
+            n += 1;
+            ok += usize::from(c.routes[d.route].name == p.route);
+            defaulted += usize::from(matches!(
+                d.method,
+                decide::Method::BelowThreshold | decide::Method::Ambiguous
+            ));
         }
-        let acc = ok as f64 / set.len() as f64;
-        println!(
-            "{k:5}  {t:9.2}  {acc:8.3}  {:19.3}",
-            defaulted as f64 / set.len() as f64
-        );
-        best = best.max(acc);
-        if (t - shipped).abs() < 1e-6 && k == shipped_k {
-            at_shipped = acc;
+        (ok as f64 / n as f64, defaulted as f64 / n as f64)
+    };
+    let mut best = 0.0f64;
+    let mut at_shipped = None;
+    println!(
+        "tuning half: top_k  threshold  margin  accuracy  sent to the default (below threshold or ambiguous)"
+    );
+    for k in [1u64, 2, 3, 5] {
+        for t in [0.1, 0.2, 0.3] {
+            for m in [0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1] {
+                let (acc, def) = score(k, t, m, true);
+                println!("{k:5}  {t:9.2}  {m:6.2}  {acc:8.3}  {def:.3}");
+                best = best.max(acc);
+                if (k, t, m) == shipped {
+                    at_shipped = Some(acc);
+                }
+            }
         }
     }
-    assert!(
-        at_shipped > 0.0,
-        "the shipped threshold {shipped} is on the sweep's grid"
+    let (held, held_default) = score(shipped.0, shipped.1, shipped.2, false);
+    println!(
+        "shipped (top_k {}, threshold {}, margin {}): held-out accuracy {held:.3}, {held_default:.3} sent to the default",
+        shipped.0, shipped.1, shipped.2
     );
+    let at_shipped = at_shipped.expect("the shipped settings are on the sweep's grid");
     assert!(
-        at_shipped >= best - 0.02,
-        "shipped {at_shipped:.3}, best {best:.3}"
+        at_shipped >= best - 0.01,
+        "shipped {at_shipped:.3}, best on the tuning half {best:.3}"
     );
 }
 

@@ -29,20 +29,6 @@ fn entries_round_trip_and_expire() {
 }
 
 #[test]
-fn reordered_prompts_are_recognised() {
-    assert!(reordered(
-        "How do I convert Celsius to Fahrenheit?",
-        "How do I convert fahrenheit to Celsius"
-    ));
-    assert!(!reordered("What is Rust?", "what is rust"));
-    assert!(!reordered(
-        "How do I reset my password?",
-        "How can I reset my password?"
-    ));
-    assert!(!reordered("a b", "a b c"));
-}
-
-#[test]
 fn what_may_be_stored() {
     let ok = json!({"id": "c", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": null}, "finish_reason": "stop"}]});
     assert!(storable(Provider::OpenAiChat, ok.to_string().as_bytes()).is_ok());

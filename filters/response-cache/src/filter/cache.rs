@@ -56,7 +56,9 @@ impl Http {
             key: k.exact.clone(),
             vector: Vec::new(),
             text: k.semantic_text.clone().unwrap_or_default(),
-            threshold: cfg.semantic.threshold,
+            // The lower bar: a candidate with the same content words needs only this; the
+            // filter holds every other candidate to `threshold` (`verify::compare`).
+            threshold: cfg.semantic.same_words_threshold,
         };
         match sidecar.cache_lookup(&req) {
             Ok(_) => {

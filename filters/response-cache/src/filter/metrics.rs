@@ -1,6 +1,7 @@
 //! The cache's Envoy stats.
 
 use crate::key::Bypass;
+use filter_core::verify::Contrast;
 use filter_host::metrics::{Family, Metric};
 
 /// `tollgate_response_cache_*`.
@@ -17,6 +18,8 @@ pub struct Metrics {
     pub tokens_saved: Option<Metric>,
     /// Similarity × 1000 of semantic hits.
     pub similarity: Option<Metric>,
+    /// Semantic candidates the verifier refused, by the contrast it found.
+    pub refused: Family,
     pub sidecar_errors: Option<Metric>,
 }
 
@@ -32,6 +35,11 @@ impl Metrics {
             bytes_stored: Metric::counter("tollgate_response_cache_bytes_stored"),
             tokens_saved: Metric::counter("tollgate_response_cache_tokens_saved"),
             similarity: Metric::histogram("tollgate_response_cache_similarity"),
+            refused: Family::counter(
+                "tollgate_response_cache_semantic_refused",
+                "contrast",
+                Contrast::ALL.len(),
+            ),
             sidecar_errors: Metric::counter("tollgate_response_cache_sidecar_errors"),
         }
     }
