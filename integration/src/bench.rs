@@ -359,12 +359,7 @@ pub fn stream_timing(
     streams: usize,
     end: &str,
 ) -> Result<StreamTiming, Error> {
-    let text = serde_json::to_string(body)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut h: Vec<(&str, &str)> = vec![("content-type", "application/json")];
-    h.extend_from_slice(headers);
+    let (text, rt, h) = json_client(body, headers)?;
     // Unique to this call: no two rows of a run (nor two runs) stream the same prompt, so no
     // cache, not even the sidecar's, answers one of them.
     let run = std::time::SystemTime::now()
@@ -441,4 +436,70 @@ fn carries_token(chunk: &[u8]) -> bool {
             }
         })
     })
+}
+
+/// When each part of a streamed reply's text reached the client: `(text bytes so far, ms since the
+/// request was sent)` per SSE event carrying OpenAI `choices[0].delta.content`.
+pub fn stream_arrivals(
+    url: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> Result<Vec<(usize, f64)>, Error> {
+    let (text, rt, h) = json_client(body, headers)?;
+    rt.block_on(async {
+        let client = crate::client::Client::new();
+        let t = std::time::Instant::now();
+        let resp = client.send("POST", url, &h, text).await?;
+        if resp.status().as_u16() != 200 {
+            return Err(format!("status {}", resp.status()).into());
+        }
+        let mut body = resp.into_body();
+        let (mut pending, mut total, mut out) = (Vec::new(), 0usize, Vec::new());
+        while let Some(chunk) = crate::client::next_chunk(&mut body).await? {
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = pending.drain(..end + 2).collect();
+                let Some(data) = std::str::from_utf8(&event)
+                    .ok()
+                    .and_then(|e| e.trim().strip_prefix("data: "))
+                else {
+                    continue;
+                };
+                let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                if let Some(s) = v.pointer("/choices/0/delta/content").and_then(Value::as_str)
+                    && !s.is_empty()
+                {
+                    total += s.len();
+                    out.push((total, ms));
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// The delay each token of `bare`'s stream gained in `other` (the same reply through another
+/// chain): for every point where the bare stream's text grew, the time `other` reached the same
+/// length minus the bare time. The first entry is the first token's.
+pub fn added_per_token(bare: &[(usize, f64)], other: &[(usize, f64)]) -> Vec<f64> {
+    bare.iter()
+        .filter_map(|&(len, t)| other.iter().find(|(l, _)| *l >= len).map(|&(_, t2)| t2 - t))
+        .collect()
+}
+
+/// Request headers as the client takes them.
+type Headers<'a> = Vec<(&'a str, &'a str)>;
+
+/// A JSON request's text, a one-thread runtime to send it on, and its headers.
+fn json_client<'a>(
+    body: &Value,
+    headers: &[(&'a str, &'a str)],
+) -> Result<(String, tokio::runtime::Runtime, Headers<'a>), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut h: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    Ok((serde_json::to_string(body)?, rt, h))
 }

@@ -197,6 +197,7 @@ mod tests {
         compile_rules(
             filter_core::config::parse::<RawRules>(v.to_string().as_bytes()).unwrap(),
             "request",
+            true,
         )
         .unwrap()
     }

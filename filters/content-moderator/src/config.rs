@@ -6,6 +6,7 @@ pub use filter_core::config::{ConfigError, FailureMode};
 use filter_core::config::SidecarConfig;
 
 use crate::detect::{Detector, Kind};
+use crate::partial::Partial;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -115,6 +116,9 @@ pub struct Rules {
     /// Every category's pattern in one set, in category order: one pass over a text says which
     /// categories can match at all (clean text costs one scan, not one per category).
     pub set: Option<regex::RegexSet>,
+    /// Response rules only: where a masking or blocking match may still be forming at the end of
+    /// a streamed text (`None`: no such category, nothing is held).
+    pub partial: Option<Partial>,
 }
 
 fn regex(pattern: &str, case_insensitive: bool, at: &str) -> Result<regex::Regex, ConfigError> {
@@ -125,10 +129,13 @@ fn regex(pattern: &str, case_insensitive: bool, at: &str) -> Result<regex::Regex
         .map_err(|e| ConfigError::field(at, e.to_string()))
 }
 
-/// Compiles `raw`; `at` is where it sits in the filter's config (e.g. `request`).
-pub fn compile_rules(raw: RawRules, at: &str) -> Result<Rules, ConfigError> {
+/// Compiles `raw`; `at` is where it sits in the filter's config (e.g. `request`). `streamed`:
+/// the rules moderate streams, so their partial-match automaton is built too.
+pub fn compile_rules(raw: RawRules, at: &str, streamed: bool) -> Result<Rules, ConfigError> {
     let mut categories = Vec::new();
     let mut patterns: Vec<String> = Vec::new();
+    // The patterns of categories that change the text (mask, block): what a stream must hold.
+    let mut holding: Vec<String> = Vec::new();
     let mut detectors = BTreeMap::new();
     for (name, d) in raw.detectors {
         let kind = Kind::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
@@ -144,6 +151,9 @@ pub fn compile_rules(raw: RawRules, at: &str) -> Result<Rules, ConfigError> {
     }
     for (kind, d) in detectors {
         patterns.push(kind.pattern().to_owned());
+        if d.action != Action::Log {
+            holding.push(kind.pattern().to_owned());
+        }
         let detector = Detector::new(kind)
             .map_err(|e| ConfigError::field(format!("{at}.detectors.{}", kind.name()), e.to_string()))?;
         categories.push(Category {
@@ -177,6 +187,9 @@ pub fn compile_rules(raw: RawRules, at: &str) -> Result<Rules, ConfigError> {
         } else {
             r.pattern.clone()
         });
+        if r.action != Action::Log {
+            holding.extend(patterns.last().cloned());
+        }
         categories.push(Category {
             name: r.name,
             matcher: Matcher::Rule(re),
@@ -202,10 +215,21 @@ pub fn compile_rules(raw: RawRules, at: &str) -> Result<Rules, ConfigError> {
                 .map_err(|e| ConfigError::field(at, format!("the rules together are too large: {e}")))?,
         )
     };
+    let partial = if streamed && !holding.is_empty() {
+        Some(Partial::new(&holding).map_err(|e| {
+            ConfigError::field(
+                at,
+                format!("the rules together are too large to watch a stream: {e}"),
+            )
+        })?)
+    } else {
+        None
+    };
     Ok(Rules {
         categories,
         allow,
         set,
+        partial,
     })
 }
 
@@ -224,8 +248,9 @@ pub struct RawConfig {
     pub block_status: u32,
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
-    /// Bytes of generated text a streamed response holds back, so a match split across events is
-    /// still caught before it goes out. Matches up to this long are guaranteed to be seen whole.
+    /// The longest suffix of generated text a streamed response holds back while a match may
+    /// still be forming in it (what is held is found from the rules: see `partial.rs`). A partial
+    /// match longer than this is released; matches up to this long are always seen whole.
     #[serde(default = "default_holdback")]
     pub stream_holdback_bytes: usize,
     /// Model-based categories through the sidecar's `Classify`, on the request.
@@ -290,7 +315,7 @@ pub struct Classify {
 }
 
 fn default_holdback() -> usize {
-    128
+    MAX_WINDOW
 }
 
 fn default_block_status() -> u32 {
@@ -391,14 +416,14 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("{} is outside 1..={}", raw.stream_holdback_bytes, MAX_WINDOW),
         ));
     }
-    let request = compile_rules(raw.request, "request")?;
+    let request = compile_rules(raw.request, "request", false)?;
     let classify = raw.classify.map(|c| compile_classify(c, &request)).transpose()?;
     Ok(Config {
         stream_holdback_bytes: raw.stream_holdback_bytes,
         classify,
         unknown_apis: raw.unknown_apis,
         request,
-        response: compile_rules(raw.response, "response")?,
+        response: compile_rules(raw.response, "response", true)?,
         block_status: raw.block_status,
         max_body_bytes: raw.max_body_bytes,
     })

@@ -9,6 +9,7 @@ pub mod config;
 pub mod detect;
 pub mod moderate;
 pub mod normalize;
+pub mod partial;
 pub mod refusal;
 pub mod stream;
 

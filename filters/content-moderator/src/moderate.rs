@@ -141,7 +141,7 @@ mod tests {
 
     fn rules(v: serde_json::Value) -> Rules {
         let raw: RawRules = filter_core::config::parse(v.to_string().as_bytes()).unwrap();
-        compile_rules(raw, "request").unwrap()
+        compile_rules(raw, "request", true).unwrap()
     }
 
     #[test]
@@ -193,7 +193,7 @@ mod tests {
                 .as_bytes(),
         )
         .unwrap();
-        let e = compile_rules(raw, "response").unwrap_err();
+        let e = compile_rules(raw, "response", true).unwrap_err();
         assert_eq!(e.path, "response.deny[0].pattern");
         let raw: RawRules = filter_core::config::parse(
             json!({"deny": [{"name": "bad name", "pattern": "a"}]})
@@ -202,7 +202,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            compile_rules(raw, "request").unwrap_err().path,
+            compile_rules(raw, "request", true).unwrap_err().path,
             "request.deny[0].name"
         );
         let raw: RawRules = filter_core::config::parse(
@@ -211,7 +211,7 @@ mod tests {
                 .as_bytes(),
         )
         .unwrap();
-        let e = compile_rules(raw, "request").unwrap_err();
+        let e = compile_rules(raw, "request", true).unwrap_err();
         assert_eq!(e.path, "request.detectors.passport", "{e}");
         assert!(e.to_string().contains("payment_card"), "{e}");
         // An error inside a detector names it.

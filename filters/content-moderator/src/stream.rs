@@ -2,9 +2,10 @@
 //! choice and field (OpenAI `content`, `refusal`, each tool call's `arguments`, legacy `text`) or
 //! per content block (Anthropic `text_delta`, `input_json_delta`, `thinking_delta`). Each event
 //! releases the text that can no longer be part of a match that is still arriving, masked where it
-//! matched, and holds back the last `holdback` bytes (and any match that reaches into them). So a
-//! match split across events or body chunks is still caught, and masks are written into the
-//! events in place. What is held goes out in a delta just before the choice's finish event, the
+//! matched: it holds back only the suffix from the earliest position where a masking or blocking
+//! match may still be forming ([`crate::partial`]), at most `stream_holdback_bytes`, and any match
+//! that reaches into it. So a match split across events or body chunks is still caught, and masks
+//! are written into the events in place. What is held goes out in a delta just before the choice's finish event, the
 //! block's `content_block_stop`, `data: [DONE]`, or the end of the body.
 //!
 //! A blocking match ends the stream with a well-formed error event in the provider's format (and
@@ -13,6 +14,7 @@
 
 use crate::config::{Action, MAX_WINDOW, Rules};
 use crate::moderate;
+use crate::normalize::Normalized;
 use filter_core::Provider;
 use filter_core::api::responses::OutputText;
 use filter_core::sse::{Event, SseParser};
@@ -59,7 +61,7 @@ struct Window {
 pub struct Stream {
     api: Api,
     parser: SseParser,
-    holdback: usize,
+    hold: Hold,
     windows: Vec<Window>,
     done: bool,
     /// `id`, `object`, `created`, `model` of the last OpenAI chunk, for the flushing chunks; the
@@ -84,7 +86,10 @@ impl Stream {
                 _ => Api::Chat,
             },
             parser: SseParser::default(),
-            holdback,
+            hold: Hold {
+                max: holdback,
+                cache: None,
+            },
             windows: Vec::new(),
             done: false,
             envelope: Map::new(),
@@ -238,7 +243,7 @@ impl Stream {
                     &mut self.findings,
                     &mut self.blocked,
                     rules,
-                    self.holdback,
+                    &mut self.hold,
                     key,
                     slot,
                     false,
@@ -287,7 +292,7 @@ impl Stream {
                     &mut self.findings,
                     &mut self.blocked,
                     rules,
-                    self.holdback,
+                    &mut self.hold,
                     key,
                     slot,
                     false,
@@ -325,7 +330,7 @@ impl Stream {
                 &mut self.findings,
                 &mut self.blocked,
                 rules,
-                self.holdback,
+                &mut self.hold,
                 k,
                 slot,
                 true,
@@ -403,6 +408,30 @@ impl Stream {
     }
 }
 
+/// How much of a window is held back: from where a match may still be forming
+/// ([`crate::partial`]), at most `max` bytes.
+#[derive(Debug)]
+struct Hold {
+    max: usize,
+    /// The partial-match automaton's cache, made on the first release.
+    cache: Option<regex_automata::hybrid::dfa::Cache>,
+}
+
+impl Hold {
+    /// Where the released part of `text` ends, before the findings are considered.
+    fn cut(&mut self, rules: &Rules, text: &str) -> usize {
+        let Some(partial) = &rules.partial else {
+            return text.len();
+        };
+        let cache = self.cache.get_or_insert_with(|| partial.cache());
+        let n = Normalized::new(text);
+        let from = partial
+            .live_from(cache, &n.text)
+            .map_or(text.len(), |s| n.original_range(s, s + 1).0);
+        from.max(text.len().saturating_sub(self.max))
+    }
+}
+
 fn push(windows: &mut Vec<Window>, key: u64, slot: Slot, text: &str) {
     match windows.iter_mut().find(|w| w.key == key && w.slot == slot) {
         Some(w) => w.text.push_str(text),
@@ -423,7 +452,7 @@ fn release(
     findings_out: &mut Vec<(usize, Action)>,
     blocked: &mut Option<usize>,
     rules: &Rules,
-    holdback: usize,
+    hold: &mut Hold,
     key: u64,
     slot: Slot,
     last: bool,
@@ -443,7 +472,7 @@ fn release(
     let mut cut = if last || forced {
         len
     } else {
-        len.saturating_sub(holdback)
+        hold.cut(rules, &w.text)
     };
     // Hold back every match that reaches past the cut; lowering the cut can put another match
     // across it, so repeat until it stays.

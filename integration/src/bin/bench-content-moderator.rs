@@ -2,12 +2,15 @@
 //! Bare Envoy and Envoy with the content moderator (every detector and a deny rule on the request,
 //! detectors on the response), side by side in one run, in front of the in-process mock provider,
 //! loaded with `wrk` (1 worker): 1 KB and 32 KB prompts of clean prose (the common case: scanned,
-//! passed), and a streamed response of 200 deltas to show the added delay per chunk. Prints
-//! Markdown; measurements of this machine, not assertions.
+//! passed), and a streamed response of 200 deltas to show the added delay per chunk. Then streams
+//! at a model's pace (250 deltas, 25 ms apart) through the shipped snippet's response rules, of
+//! ordinary prose and of prose with card numbers and SSNs: the delay each token gains against bare
+//! Envoy in the same run, first token and median. Prints Markdown; measurements of this machine,
+//! not assertions.
 
 use serde_json::{Value, json};
-use tollgate_it::bench::{Error, Flags, prose, wrk_with_headers};
-use tollgate_it::envoy::{Envoy, Options, default_ports};
+use tollgate_it::bench::{Error, Flags, added_per_token, prose, quantile, stream_arrivals, wrk_with_headers};
+use tollgate_it::envoy::{Envoy, Options, default_ports, snippet_config};
 use tollgate_it::mock::MockLlm;
 
 const CHAT: &str = "/v1/chat/completions";
@@ -38,12 +41,16 @@ fn config() -> Value {
 }
 
 fn main() -> Result<(), Error> {
-    let flags = Flags::parse(&[])?;
+    let flags = Flags::parse(&["only"])?;
     let (seconds, json_out) = (flags.seconds, flags.json.clone());
     let mock = MockLlm::start()?;
     let dir = std::env::temp_dir().join(format!("tollgate-bench-mod-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let bare = Envoy::start(Options::new("envoy.yaml").upstream(default_ports::LLM_UPSTREAM, mock.port()))?;
+    if flags.own("only") == Some("paced") {
+        paced(&bare, &mock)?;
+        return Ok(());
+    }
     let moderated = Envoy::start(
         Options::new("envoy.yaml")
             .upstream(default_ports::LLM_UPSTREAM, mock.port())
@@ -98,13 +105,77 @@ fn main() -> Result<(), Error> {
                          "one_connection_p50_ms": {"bare": b1.p50_ms, "moderator": m1.p50_ms}}),
         );
     }
+    drop(moderated);
+    let paced = paced(&bare, &mock)?;
     if let Some(path) = json_out {
         std::fs::write(
             &path,
-            serde_json::to_vec_pretty(&json!({"seconds": seconds, "rows": rows}))?,
+            serde_json::to_vec_pretty(&json!({"seconds": seconds, "rows": rows, "paced": paced}))?,
         )?;
         println!("\n(written to {})", path.display());
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Streams at a model's pace through the shipped response rules: the delay each token gains.
+fn paced(bare: &Envoy, mock: &MockLlm) -> Result<Value, Error> {
+    let shipped = snippet_config("content-moderator.yaml")?;
+    let cfg = json!({"response": shipped["response"].clone()});
+    let moderated = Envoy::start(
+        Options::new("envoy.yaml")
+            .upstream(default_ports::LLM_UPSTREAM, mock.port())
+            .wasm_filter_reading_body("content-moderator", "content_moderator.wasm", &cfg),
+    )?;
+    let (deltas, gap_ms, streams) = (250, 25, 3);
+    println!(
+        "\n### streams at a model's pace: {deltas} deltas {gap_ms} ms apart, the shipped response rules ({}), {streams} streams per row\n",
+        shipped["response"]["detectors"]
+            .as_object()
+            .map(|d| d.keys().cloned().collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    );
+    println!("| reply | first token added ms (p50 / max) | per-token added ms (p50 / p99) |");
+    println!("|---|---|---|");
+    let pii = "Your card 4111 1111 1111 1111 is on file, and the SSN 123-45-6789 with it. ";
+    let mut rows = Vec::new();
+    for (label, text) in [
+        ("ordinary prose", prose(1600, 5)),
+        (
+            "prose with card numbers and SSNs",
+            format!("{pii}{}{pii}{}{pii}", prose(500, 6), prose(500, 7)),
+        ),
+    ] {
+        let body = json!({"model": "gpt-4o-mini", "stream": true,
+                          "messages": [{"role": "user", "content": text}]});
+        let n = deltas.to_string();
+        let gap = gap_ms.to_string();
+        let headers = [
+            ("x-mock-echo", "1"),
+            ("x-mock-chunks", n.as_str()),
+            ("x-mock-chunk-delay-ms", gap.as_str()),
+        ];
+        let (mut first, mut all) = (Vec::new(), Vec::new());
+        for _ in 0..streams {
+            let b = stream_arrivals(&bare.url(CHAT), &body, &headers)?;
+            let m = stream_arrivals(&moderated.url(CHAT), &body, &headers)?;
+            let added = added_per_token(&b, &m);
+            first.extend(added.first().copied());
+            all.extend(added);
+        }
+        first.sort_by(f64::total_cmp);
+        all.sort_by(f64::total_cmp);
+        let row = json!({"reply": label,
+                         "first_token_added_ms": {"p50": quantile(&first, 0.5), "max": first.last()},
+                         "per_token_added_ms": {"p50": quantile(&all, 0.5), "p99": quantile(&all, 0.99)}});
+        println!(
+            "| {label} | {:.2} / {:.2} | {:.2} / {:.2} |",
+            quantile(&first, 0.5),
+            first.last().copied().unwrap_or(f64::NAN),
+            quantile(&all, 0.5),
+            quantile(&all, 0.99)
+        );
+        rows.push(row);
+    }
+    Ok(json!(rows))
 }

@@ -11,7 +11,7 @@
 //! - `x-mock-latency-ms: 200` — wait before the response headers.
 //! - `x-mock-chunks: 20` — number of content deltas in a stream (default: one per word).
 //! - `x-mock-chunk-bytes: 100` — with `x-mock-chunks`, make each delta this many bytes of filler.
-//! - `x-mock-chunk-delay-ms: 10` — pause between streamed events.
+//! - `x-mock-chunk-delay-ms: 10` — pace of streamed events: event i goes out i × 10 ms after the first.
 //! - `x-mock-reset-after: 3` — reset the connection after that many streamed events.
 //! - `x-mock-echo: 1` — the reply text is the request body as received.
 //! - `x-mock-cached-tokens: 50` — report that many prompt tokens as read from the provider cache.
@@ -389,13 +389,17 @@ pub(super) fn sse_response(mut events: Vec<Bytes>, ctl: &Controls) -> Response<M
     let delay = ctl.chunk_delay;
     let reset_after = ctl.reset_after;
     tokio::spawn(async move {
+        // A fixed pace: event i goes out i delays after the first, however long sending took
+        // (so two streams of the same reply keep the same schedule and can be compared).
+        let start = tokio::time::Instant::now();
         for (i, e) in events.into_iter().enumerate() {
             if reset_after == Some(i) {
                 let _ = tx.send(Err(std::io::Error::other("mock reset mid-stream"))).await;
                 return;
             }
             if let Some(d) = delay.filter(|_| i > 0) {
-                tokio::time::sleep(d).await;
+                let at = u32::try_from(i).map_or(d, |i| d * i);
+                tokio::time::sleep_until(start + at).await;
             }
             if tx.send(Ok(e)).await.is_err() {
                 return;

@@ -638,3 +638,85 @@ async fn a_sidecar_that_does_not_answer_follows_the_failure_mode() {
     assert_eq!(r.json()["error"]["code"], "moderation_unavailable");
     assert_eq!(mock.journal.count(), before);
 }
+
+/// Long secrets made at test time, a JWT signed with a fresh RSA key (about 600 bytes) and that
+/// key's PEM block from OpenSSL (about 1.7 KB), streamed back in deltas of 1 to 64 bytes by each
+/// API: no part of either reaches the client, and each stream ends with that API's error event.
+/// The holdback is the filter's default (the bound of a single held suffix).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_secrets_streamed_in_small_deltas_never_leak() {
+    use tollgate_it::issuer::{KeyDir, KeyKind, now};
+    let dir = KeyDir::new().unwrap();
+    let key = dir.key(KeyKind::Rsa, "k1").unwrap();
+    let jwt = key
+        .sign(
+            "RS256",
+            &json!({"sub": "someone", "iat": now(), "scope": "read write admin"}),
+        )
+        .unwrap();
+    let pem = key.private_pem().unwrap();
+    assert!(jwt.len() > 400 && pem.len() > 1500, "{} {}", jwt.len(), pem.len());
+    let mock = MockLlm::start().unwrap();
+    let cfg = json!({"response": {"detectors": {"jwt": {"action": "block"},
+                                                "private_key": {"action": "block"}}}});
+    let envoy = with_config(&mock, &cfg).unwrap();
+    let c = Client::new();
+    for (secret, marker) in [(jwt.as_str(), &jwt[..4]), (pem.as_str(), "-----BEGIN")] {
+        let text = format!("Here it is: {secret} and nothing else.");
+        for api in [CHAT, MESSAGES, "/v1/responses"] {
+            let body = match api {
+                CHAT => streamed(&text, false),
+                MESSAGES => streamed(&text, true),
+                _ => json!({"model": "gpt-4o-mini", "stream": true, "input": text}),
+            };
+            // The echo is the request body as JSON: its length decides the delta size.
+            let echoed = body.to_string().len();
+            for delta in [1usize, 2, 3, 7, 16, 33, 64] {
+                let chunks = (echoed / delta).max(1).to_string();
+                let r = c
+                    .post_json(
+                        &envoy.url(api),
+                        &[ECHO, ("x-mock-chunks", chunks.as_str())],
+                        &body,
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, 200);
+                // The text the client assembles from the deltas, and the raw stream.
+                let got = streamed_text(&r);
+                // Text before the secret went out (a block drops what its own event held).
+                assert!(got.starts_with("{\"model\""), "{api} {delta}: {got}");
+                assert!(
+                    !got.contains(marker),
+                    "{api} delta {delta} B: the secret's start got out: {got}"
+                );
+                assert!(
+                    !String::from_utf8_lossy(&r.body).contains(marker),
+                    "{api} delta {delta} B"
+                );
+                let data = tollgate_it::client::sse_data(&r.body);
+                let ended = data.iter().rev().take(3).any(|d| d.contains("content_blocked"));
+                assert!(
+                    ended,
+                    "{api} delta {delta} B: no error event at the end: {data:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The generated text of a stream of any of the three APIs, deltas joined.
+fn streamed_text(r: &Response) -> String {
+    tollgate_it::client::sse_data(&r.body)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            let responses = v["type"] == "response.output_text.delta";
+            v.pointer("/choices/0/delta/content")
+                .or_else(|| v.pointer("/delta/text"))
+                .or_else(|| if responses { v.get("delta") } else { None })
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect()
+}

@@ -125,7 +125,7 @@ impl Stream {
             &mut self.findings,
             &mut self.blocked,
             rules,
-            self.holdback,
+            &mut self.hold,
             key,
             slot,
             false,

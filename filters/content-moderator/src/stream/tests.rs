@@ -1,15 +1,17 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use super::*;
-use crate::config::{RawRules, compile_rules};
+use crate::config::{MAX_WINDOW, RawRules, compile_rules};
 
 pub(super) fn rules() -> Rules {
     let v = json!({"detectors": {"payment_card": {"action": "mask", "mask": "last4"},
                                  "email": {"action": "mask"},
+                                 "jwt": {"action": "block"},
                                  "private_key": {"action": "block"}}});
     compile_rules(
         filter_core::config::parse::<RawRules>(v.to_string().as_bytes()).unwrap(),
         "response",
+        true,
     )
     .unwrap()
 }
@@ -104,6 +106,63 @@ fn run(anthropic: bool, body: &[u8], cuts: &[usize], holdback: usize) -> (Vec<u8
     (out, s)
 }
 
+/// A JWT-shaped token of about `len` bytes (base64url segments; made up, not a real token).
+pub(super) fn long_jwt(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut segment = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ALPHABET[(x % 64) as usize] as char
+            })
+            .collect()
+    };
+    let third = len / 3;
+    format!(
+        "eyJ{}.eyJ{}.{}",
+        segment(third - 4),
+        segment(third - 4),
+        segment(third)
+    )
+}
+
+#[test]
+fn a_long_secret_split_anywhere_never_gets_out() {
+    let jwt = long_jwt(700);
+    let text = format!("the key: {jwt} is yours");
+    for anthropic in [false, true] {
+        let check = |body: Vec<u8>, cuts: &[usize], how: &str| {
+            let (out, s) = run(anthropic, &body, cuts, MAX_WINDOW);
+            assert!(s.blocked.is_some(), "anthropic={anthropic} {how}");
+            let (got, _) = client_text(anthropic, &out);
+            assert!(!got.contains("eyJ"), "anthropic={anthropic} {how}: {got}");
+            assert!(
+                "the key: ".starts_with(&got) || got == "the key: ",
+                "{how}: {got}"
+            );
+        };
+        let stream = |pieces: &[&str]| {
+            if anthropic {
+                anthropic_stream(pieces)
+            } else {
+                openai_stream(pieces)
+            }
+        };
+        for split in 1..text.len() {
+            let (a, b) = text.split_at(split);
+            check(stream(&[a, b]), &[], &format!("split at {split}"));
+        }
+        let pieces: Vec<String> = text.chars().map(String::from).collect();
+        let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let body = stream(&refs);
+        let cuts: Vec<usize> = (1..body.len()).step_by(7).collect();
+        check(body, &cuts, "a character per delta, the body cut every 7 bytes");
+    }
+}
+
 #[test]
 fn a_match_split_at_every_event_and_byte_boundary_is_masked() {
     let text = "Your card 4111 1111 1111 1111 and mail bob@example.com are on file.";
@@ -117,7 +176,7 @@ fn a_match_split_at_every_event_and_byte_boundary_is_masked() {
             } else {
                 openai_stream(&[a, b])
             };
-            let (out, s) = run(anthropic, &body, &[], 32);
+            let (out, s) = run(anthropic, &body, &[], MAX_WINDOW);
             let (got, _) = client_text(anthropic, &out);
             assert_eq!(got, want, "anthropic={anthropic} split at {split}");
             assert_eq!(s.findings.len(), 2);
@@ -131,7 +190,7 @@ fn a_match_split_at_every_event_and_byte_boundary_is_masked() {
             openai_stream(&refs)
         };
         let cuts: Vec<usize> = (1..body.len()).collect();
-        let (out, _) = run(anthropic, &body, &cuts, 32);
+        let (out, _) = run(anthropic, &body, &cuts, MAX_WINDOW);
         assert_eq!(
             client_text(anthropic, &out).0,
             want,
@@ -141,20 +200,36 @@ fn a_match_split_at_every_event_and_byte_boundary_is_masked() {
 }
 
 #[test]
-fn text_is_held_back_only_by_the_window() {
-    let long = "a".repeat(100);
-    let body = openai_stream(&[&long, "b"]);
+fn prose_goes_out_at_once_and_a_forming_match_waits_up_to_the_bound() {
     let r = rules();
-    let mut s = Stream::new(Provider::OpenAiChat, 16);
-    // Only the role event and the first delta.
-    let first_two: usize = {
-        let mut events = Vec::new();
-        SseParser::default().feed(&body, &mut events).unwrap();
-        events[0].raw.len() + events[1].raw.len()
+    let first_delta = |pieces: &[&str], bound: usize| {
+        let body = openai_stream(pieces);
+        let mut s = Stream::new(Provider::OpenAiChat, bound);
+        // Only the role event and the first delta.
+        let first_two: usize = {
+            let mut events = Vec::new();
+            SseParser::default().feed(&body, &mut events).unwrap();
+            events[0].raw.len() + events[1].raw.len()
+        };
+        let out = s.feed(&r, &body[..first_two], false);
+        client_text(false, &out).0
     };
-    let out = s.feed(&r, &body[..first_two], false);
-    let (got, _) = client_text(false, &out);
-    assert_eq!(got, "a".repeat(84), "all but the last 16 bytes go out at once");
+    // Nothing in it can start a card number, a key or an address.
+    let prose = "Hello there, my friend! How are you today? ";
+    assert_eq!(first_delta(&[prose, "b"], MAX_WINDOW), prose);
+    // A card number still arriving waits, the text before it does not.
+    assert_eq!(
+        first_delta(&["Your card 4111 1111", " 1111 1111."], MAX_WINDOW),
+        "Your card "
+    );
+    // A word at the end could still become an e-mail address (the rules mask them).
+    assert_eq!(
+        first_delta(&["write to jane", "@example.com"], MAX_WINDOW),
+        "write to "
+    );
+    // The bound: a forming match longer than it goes out (100 letters of a possible address).
+    let long = "a".repeat(100);
+    assert_eq!(first_delta(&[&long, "b"], 16), "a".repeat(84));
 }
 
 #[test]
@@ -171,7 +246,7 @@ fn a_block_ends_the_stream_with_a_well_formed_error() {
         } else {
             openai_stream(&pieces)
         };
-        let (out, s) = run(anthropic, &body, &[], 32);
+        let (out, s) = run(anthropic, &body, &[], MAX_WINDOW);
         assert!(s.blocked.is_some());
         let (text, events) = client_text(anthropic, &out);
         assert!(!text.contains("BEGIN PRIVATE"), "{text}");
@@ -207,7 +282,7 @@ fn tool_call_arguments_refusals_json_deltas_and_several_choices_are_moderated() 
                                       {"index": 1, "delta": {}, "finish_reason": "stop"}]}),
     ));
     body.extend(Event::encode(None, "[DONE]"));
-    let (out, s) = run(false, &body, &[], 32);
+    let (out, s) = run(false, &body, &[], MAX_WINDOW);
     let mut events = Vec::new();
     SseParser::default().feed(&out, &mut events).unwrap();
     let mut args = String::new();
@@ -245,7 +320,7 @@ fn tool_call_arguments_refusals_json_deltas_and_several_choices_are_moderated() 
         body.extend(an(json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": piece}})));
     }
     body.extend(an(json!({"type": "content_block_stop", "index": 1})));
-    let (out, _) = run(true, &body, &[], 32);
+    let (out, _) = run(true, &body, &[], MAX_WINDOW);
     let mut events = Vec::new();
     SseParser::default().feed(&out, &mut events).unwrap();
     let json: String = events
@@ -269,6 +344,6 @@ fn other_events_pass_byte_for_byte() {
     let ping = b": keep-alive\n\n".to_vec();
     let mut body = ping.clone();
     body.extend_from_slice(&usage);
-    let (out, _) = run(false, &body, &[5], 32);
+    let (out, _) = run(false, &body, &[5], MAX_WINDOW);
     assert_eq!(out, body);
 }

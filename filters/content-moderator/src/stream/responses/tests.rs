@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use super::super::tests::rules;
+use super::super::tests::{long_jwt, rules};
+use crate::config::MAX_WINDOW;
 use crate::stream::Stream;
 use filter_core::Provider;
 use filter_core::sse::{Event, SseParser};
@@ -141,7 +142,7 @@ fn a_match_split_at_every_byte_is_masked_in_the_deltas_and_every_copy() {
     for call in [false, true] {
         for split in 1..text.len() {
             let (a, b) = text.split_at(split);
-            let (events, s) = run(&stream(&[a, b], call), &[], 32);
+            let (events, s) = run(&stream(&[a, b], call), &[], MAX_WINDOW);
             let (deltas, whole) = texts(&events);
             assert_eq!(deltas, want, "call={call} split at {split}");
             assert_eq!(whole.len(), if call { 3 } else { 4 });
@@ -156,7 +157,7 @@ fn a_match_split_at_every_byte_is_masked_in_the_deltas_and_every_copy() {
         let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
         let body = stream(&refs, call);
         let cuts: Vec<usize> = (1..body.len()).collect();
-        let (events, _) = run(&body, &cuts, 32);
+        let (events, _) = run(&body, &cuts, MAX_WINDOW);
         let (deltas, whole) = texts(&events);
         assert_eq!(deltas, want, "call={call} byte by byte");
         assert!(whole.iter().all(|w| w == want));
@@ -166,19 +167,20 @@ fn a_match_split_at_every_byte_is_masked_in_the_deltas_and_every_copy() {
 
 #[test]
 fn held_text_goes_out_in_a_delta_before_the_done_event() {
-    let (events, _) = run(&stream(&["short text"], false), &[], 128);
+    // "text" could still become an e-mail address (the rules mask them): it is held.
+    let (events, _) = run(&stream(&["short text"], false), &[], MAX_WINDOW);
     let kinds: Vec<&str> = events.iter().map(|v| v["type"].as_str().unwrap()).collect();
     let done = kinds
         .iter()
         .position(|k| *k == "response.output_text.done")
         .unwrap();
     assert_eq!(kinds[done - 1], "response.output_text.delta");
-    assert_eq!(events[done - 1]["delta"], "short text");
+    assert_eq!(events[done - 1]["delta"], "text");
     assert_eq!(events[done - 1]["item_id"], "msg_1");
     assert_eq!(
         events[done - 2]["delta"],
-        "",
-        "the provider's delta went out with all of it held"
+        "short ",
+        "the provider's delta went out with what cannot be part of a match"
     );
     assert_numbered(&events);
 }
@@ -187,7 +189,7 @@ fn held_text_goes_out_in_a_delta_before_the_done_event() {
 fn a_block_ends_with_an_error_event_and_a_failed_response() {
     let pieces = ["Here is the key: -----BEGIN PRIV", "ATE KEY-----\nMIIE", "more"];
     for call in [false, true] {
-        let (events, s) = run(&stream(&pieces, call), &[], 32);
+        let (events, s) = run(&stream(&pieces, call), &[], MAX_WINDOW);
         assert!(s.blocked.is_some());
         let (deltas, whole) = texts(&events);
         assert!(!deltas.contains("BEGIN PRIVATE") && whole.is_empty(), "{deltas}");
@@ -218,7 +220,7 @@ fn a_text_never_streamed_as_deltas_is_moderated_where_it_first_appears() {
         v["sequence_number"] = json!(i);
         body.extend(Event::encode(Some(v["type"].as_str().unwrap()), &v.to_string()));
     }
-    let (events, s) = run(&body, &[], 32);
+    let (events, s) = run(&body, &[], MAX_WINDOW);
     assert_eq!(events[0]["item"]["content"][0]["text"], "mail [EMAIL]");
     assert_eq!(
         events[1]["response"]["output"][0]["content"][0]["text"],
@@ -236,6 +238,21 @@ fn events_without_generated_text_pass_byte_for_byte() {
         events[..4].iter().flat_map(|e| e.raw.clone()).collect()
     };
     let r = rules();
-    let mut s = Stream::new(Provider::OpenAiResponses, 32);
+    let mut s = Stream::new(Provider::OpenAiResponses, MAX_WINDOW);
     assert_eq!(s.feed(&r, &head, false), head);
+}
+
+#[test]
+fn a_long_secret_split_anywhere_never_gets_out() {
+    let jwt = long_jwt(700);
+    let text = format!("the key: {jwt} is yours");
+    for split in 1..text.len() {
+        let (a, b) = text.split_at(split);
+        let (events, s) = run(&stream(&[a, b], false), &[], MAX_WINDOW);
+        assert!(s.blocked.is_some(), "split at {split}");
+        let all: String = events.iter().map(Value::to_string).collect();
+        assert!(!all.contains("eyJ"), "split at {split}: {all}");
+        assert_eq!(events.last().unwrap()["type"], "response.failed");
+        assert_numbered(&events);
+    }
 }
