@@ -163,6 +163,10 @@ def openai_responses():
     expect(len(text) > 10 and final.output_text == text, f"streamed {text!r}, final {final.output_text!r}")
     c = oa.responses.input_tokens.count(model="gpt-4o-mini", instructions="Answer briefly.", input="Hello from the SDK")
     expect(c.input_tokens == r.usage.input_tokens, f"count {c.input_tokens}, billed {r.usage.input_tokens}")
+    k = oa.responses.compact(model="gpt-4o-mini", input=[{"role": "user", "content": "Hello from the SDK"},
+                                                           {"role": "assistant", "content": r.output_text}])
+    expect(k.object == "response.compaction" and k.output and k.output[-1].type == "compaction",
+           f"compaction {k}")
 
 
 def openai_responses_tools():
@@ -240,7 +244,7 @@ def errors_429():
 check("openai chat.completions.create", openai_chat)
 check("openai chat.completions.create(stream=True)", openai_stream)
 check("openai embeddings.create", openai_embeddings)
-check("openai responses.create, responses.stream, responses.input_tokens.count", openai_responses)
+check("openai responses.create, responses.stream, responses.input_tokens.count, responses.compact", openai_responses)
 check("openai responses: function calls, JSON and streamed; blocked input -> BadRequestError", openai_responses_tools)
 check("anthropic messages.create", anthropic_message)
 check("anthropic messages.stream", anthropic_stream)

@@ -141,7 +141,9 @@ pub fn response(rules: &Rules, provider: Provider, body: &[u8]) -> Result<Outcom
             }
             Ok(out)
         }
-        Provider::OpenAiResponses => {
+        // A compaction's `output` has the same items (its `compaction` item is encrypted: nothing
+        // to read).
+        Provider::OpenAiResponses | Provider::OpenAiResponsesCompact => {
             let mut r: Value = serde_json::from_slice(body).map_err(|e| invalid(&e))?;
             if !r.is_object() {
                 return Err(BodyError::Invalid("the response is not a JSON object".into()));

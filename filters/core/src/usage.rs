@@ -109,7 +109,7 @@ struct AnthropicMessageProbe {
 
 /// Usage in a complete (non-streaming) response body; `None` when the body has none or is not JSON.
 pub fn from_response(provider: Provider, body: &[u8]) -> Option<TokenUsage> {
-    if provider == Provider::OpenAiResponses {
+    if provider.is_responses() {
         let probe: ResponsesProbe = serde_json::from_slice(body).ok()?;
         probe.usage.as_ref().map(TokenUsage::from_responses)
     } else if provider.is_openai() {

@@ -121,6 +121,7 @@ impl Http {
             Provider::OpenAiChat
             | Provider::OpenAiResponses
             | Provider::OpenAiResponsesInputTokens
+            | Provider::OpenAiResponsesCompact
             | Provider::Anthropic
             | Provider::AnthropicCountTokens => shared
                 .config

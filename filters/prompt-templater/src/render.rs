@@ -246,7 +246,9 @@ pub fn apply(
         }
         // The Responses API: the messages become `input` items around the client's own (a string
         // `input` is one user message); `instructions` stays the client's and is read first.
-        Provider::OpenAiResponses | Provider::OpenAiResponsesInputTokens => {
+        Provider::OpenAiResponses
+        | Provider::OpenAiResponsesInputTokens
+        | Provider::OpenAiResponsesCompact => {
             let client = match body.remove("input") {
                 None | Some(Value::Null) => Vec::new(),
                 Some(Value::String(s)) => vec![json!({"type": "message", "role": "user", "content": s})],

@@ -218,6 +218,7 @@ fn provider_name(p: Provider) -> &'static str {
         Provider::AnthropicCountTokens => "anthropic-count-tokens",
         Provider::OpenAiResponses => "openai-responses",
         Provider::OpenAiResponsesInputTokens => "openai-responses-input-tokens",
+        Provider::OpenAiResponsesCompact => "openai-responses-compact",
     }
 }
 

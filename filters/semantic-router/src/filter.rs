@@ -289,8 +289,7 @@ impl HttpContext for Http {
         let path = http::request_header(self.id, ":path").unwrap_or_default();
         self.shape = Shape::from_path(&path);
         // Embeddings and token counts generate nothing: there is no model to choose.
-        self.provider =
-            Provider::from_path(&path).filter(|p| *p != Provider::OpenAiEmbeddings && p.generates());
+        self.provider = Provider::from_path(&path).filter(|p| p.routable());
         if self.provider.is_none() || end_of_stream {
             // Not a prompt: Envoy's routes without the header take it.
             self.done = true;

@@ -1,7 +1,7 @@
 //! A mock LLM provider speaking the OpenAI and Anthropic HTTP APIs on the wire as the real ones do:
 //! `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/messages` (and
 //! `/v1/messages/count_tokens`) and `/v1/responses` (and `POST /v1/responses/input_tokens`,
-//! `GET /v1/responses/{id}`), JSON and SSE streaming (OpenAI chunks with
+//! `POST /v1/responses/compact`, `GET /v1/responses/{id}`), JSON and SSE streaming (OpenAI chunks with
 //! `stream_options.include_usage`; Anthropic `message_start` … `message_stop`; the Responses API's
 //! typed events). Replies are derived from the request, so the same request always gets the same
 //! bytes. `usage` carries real tiktoken counts.
@@ -204,6 +204,7 @@ enum Api {
     CountTokens,
     Responses,
     ResponsesInputTokens,
+    ResponsesCompact,
 }
 
 impl Api {
@@ -300,6 +301,7 @@ async fn handle(req: Request<Incoming>, journal: Arc<Journal>) -> Result<Respons
         ("POST", "/v1/messages/count_tokens") => Api::CountTokens,
         ("POST", "/v1/responses") => Api::Responses,
         ("POST", "/v1/responses/input_tokens") => Api::ResponsesInputTokens,
+        ("POST", "/v1/responses/compact") => Api::ResponsesCompact,
         ("GET", p)
             if p.strip_prefix("/v1/responses/")
                 .is_some_and(|id| !id.contains('/')) =>
@@ -352,6 +354,7 @@ async fn handle(req: Request<Incoming>, journal: Arc<Journal>) -> Result<Respons
         Api::CountTokens => anthropic::count_tokens(&request),
         Api::Responses => responses::create(&rec, &request, &ctl),
         Api::ResponsesInputTokens => responses::input_tokens(&request),
+        Api::ResponsesCompact => responses::compact(&rec, &request),
     })
 }
 

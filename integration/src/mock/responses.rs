@@ -183,6 +183,45 @@ pub(super) fn input_tokens(req: &Value) -> Response<MockBody> {
     )
 }
 
+/// `POST /v1/responses/compact`: a `response.compaction` object, per the API reference: `output`
+/// keeps the conversation's user messages and adds one `compaction` item whose
+/// `encrypted_content` stands for the rest (opaque, as the provider's is), and `usage` bills the
+/// input and a summary of 32 tokens.
+pub(super) fn compact(rec: &Recorded, req: &Value) -> Response<MockBody> {
+    let Some(model) = req.get("model").and_then(Value::as_str) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &openai_error("Missing required parameter: 'model'.", "invalid_request_error"),
+        );
+    };
+    let h = fnv(&rec.body);
+    let mut output: Vec<Value> = match req.get("input") {
+        Some(Value::String(s)) => vec![
+            json!({"type": "message", "id": format!("msg_mock{h:016x}"), "role": "user",
+                                              "status": "completed", "content": [{"type": "input_text", "text": s}]}),
+        ],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter(|i| i.get("role").and_then(Value::as_str) == Some("user"))
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    let sealed: String = format!("{h:016x}").repeat(8);
+    output
+        .push(json!({"type": "compaction", "id": format!("cmp_mock{h:016x}"), "encrypted_content": sealed}));
+    let input_tokens = count_input(model, req);
+    let output_tokens = 32;
+    json_response(
+        StatusCode::OK,
+        &json!({"id": format!("resp_cmp_mock{h:016x}"), "object": "response.compaction",
+                "created_at": 1_700_000_000 + h % 100_000_000, "output": output,
+                "usage": {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                          "total_tokens": input_tokens + output_tokens}}),
+    )
+}
+
 /// `GET /v1/responses/{id}`: a response created earlier without `store: false`, as JSON (the
 /// mock is deterministic: the request it answered, answered again, is the stored response).
 pub(super) fn retrieve(journal: &Journal, id: &str) -> Response<MockBody> {

@@ -201,7 +201,7 @@ async fn invisible_and_full_width_evasion_is_caught() {
     // A POST to an API the moderator cannot read is not sent; the Responses API is read.
     let before = mock.journal.count();
     let body = json!({"model": "gpt-4o", "input": "AKIAIOSFODNN7EXAMPLE"});
-    let r = send(&envoy, "/v1/responses/compact", &body).await;
+    let r = send(&envoy, "/v1/audio/speech", &body).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "unsupported_api");
     let r = send(&envoy, "/v1/responses", &body).await;

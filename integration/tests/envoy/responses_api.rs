@@ -2,7 +2,8 @@
 //! as it is handled today: the token counter counts it, enforces the context window with
 //! `max_output_tokens`, reserves and settles with the provider's usage (cached tokens apart), and
 //! leaves the typed event stream as the provider sent it; the cache never stores it; the moderator
-//! reads every input text and moderates the output, streamed or not; the other
+//! reads every input text and moderates the output, streamed or not; a compaction
+//! (`POST /v1/responses/compact`) is moderated, charged and never cached; the other
 //! `/v1/responses/…` paths (read, list input items, cancel, delete) pass through untouched.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -178,6 +179,35 @@ async fn the_token_counter_counts_limits_and_settles_the_responses_api() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.json()["input_tokens"].as_u64().unwrap() > 100_000);
     assert_eq!(stat(&envoy, "prompt_tokens.model.gpt-4o-mini"), counted_before);
+
+    // A compaction (`POST /v1/responses/compact`) is billed: charged what its usage reports.
+    let completion_before = stat(&envoy, "completion_tokens.model.gpt-4o-mini");
+    let compact = json!({"model": "gpt-4o-mini", "input": [
+        {"role": "user", "content": "What does a gateway do?"},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "It routes requests."}]}]});
+    let r = Client::new()
+        .post_json(
+            &envoy.url("/v1/responses/compact"),
+            &[("x-tollgate-subject", "alice")],
+            &compact,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["object"], "response.compaction");
+    assert_eq!(
+        v["output"].as_array().unwrap().last().unwrap()["type"],
+        "compaction"
+    );
+    assert_eq!(
+        stat(&envoy, "prompt_tokens.model.gpt-4o-mini"),
+        counted_before + v["usage"]["input_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(
+        stat(&envoy, "completion_tokens.model.gpt-4o-mini"),
+        completion_before + v["usage"]["output_tokens"].as_u64().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,6 +282,22 @@ async fn the_cache_stores_text_answers_and_replays_them_as_json_or_events() {
             .unwrap_or(0),
         2
     );
+    // A compaction is never cached: it reaches the provider each time.
+    let before = mock.journal.count();
+    let compact = json!({"model": "gpt-4o-mini", "temperature": 0, "input": "What does a gateway do?"});
+    for _ in 0..2 {
+        let r = Client::new()
+            .post_json(
+                &cache.url("/v1/responses/compact"),
+                &[("x-tollgate-tenant", "acme")],
+                &compact,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(cached(&r), "bypass");
+    }
+    assert_eq!(mock.journal.count(), before + 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,6 +435,17 @@ async fn the_moderator_reads_every_input_and_moderates_the_output_as_it_streams(
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["object"], "response.input_tokens");
     assert!(r.json()["input_tokens"].as_u64().unwrap() > 3);
+
+    // A compaction is moderated as the request it compacts, and its output as a response's.
+    let compact_url = envoy.url("/v1/responses/compact");
+    let secret = json!({"model": "gpt-4o-mini", "input": "My SSN is 123-45-6789."});
+    let r = Client::new().post_json(&compact_url, &[], &secret).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "content_blocked");
+    let clean = json!({"model": "gpt-4o-mini", "input": "Summarise our chat."});
+    let r = Client::new().post_json(&compact_url, &[], &clean).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["object"], "response.compaction");
 
     // An unknown response id: the provider's 404 passes.
     let moderated = envoy;

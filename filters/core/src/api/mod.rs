@@ -29,6 +29,11 @@ pub enum Provider {
     /// answered with `{"object": "response.input_tokens", "input_tokens": N}`. Moderated and
     /// templated like a response; never charged, cached or routed (nothing is generated).
     OpenAiResponsesInputTokens,
+    /// `POST /v1/responses/compact`: a Responses request (`model` required) whose conversation the
+    /// provider compacts, answered with a `response.compaction` object (its `output` items, most
+    /// often an encrypted `compaction` item, and `usage`). Moderated, templated and charged like a
+    /// response; never cached or routed (the compaction belongs to the model it names).
+    OpenAiResponsesCompact,
     /// `POST /v1/messages`
     Anthropic,
     /// `POST /v1/messages/count_tokens`: a Messages request without `max_tokens`, answered with
@@ -56,6 +61,8 @@ impl Provider {
             Some(Self::OpenAiResponses)
         } else if path.ends_with("/v1/responses/input_tokens") {
             Some(Self::OpenAiResponsesInputTokens)
+        } else if path.ends_with("/v1/responses/compact") {
+            Some(Self::OpenAiResponsesCompact)
         } else if path.ends_with("/v1/messages") {
             // Only Anthropic's endpoint: OpenAI's Assistants API has `/v1/threads/{id}/messages`.
             Some(Self::Anthropic)
@@ -74,12 +81,28 @@ impl Provider {
         matches!(self, Self::Anthropic | Self::AnthropicCountTokens)
     }
 
-    /// Whether the model generates an answer (which is then charged, cached and routed); false for
-    /// the token-counting endpoints.
+    /// Whether the model generates an answer (which is then charged, and cached and routed where
+    /// [`Self::routable`] and the cache allow); false for the token-counting endpoints.
     pub const fn generates(self) -> bool {
         !matches!(
             self,
             Self::AnthropicCountTokens | Self::OpenAiResponsesInputTokens
+        )
+    }
+}
+
+impl Provider {
+    /// Whether the semantic router may send the request to another model: not embeddings (their
+    /// vectors belong to the model asked) nor a compaction (its output is for the model named).
+    pub const fn routable(self) -> bool {
+        self.generates() && !matches!(self, Self::OpenAiEmbeddings | Self::OpenAiResponsesCompact)
+    }
+
+    /// The Responses API's request shape (`/v1/responses`, `/input_tokens`, `/compact`).
+    pub const fn is_responses(self) -> bool {
+        matches!(
+            self,
+            Self::OpenAiResponses | Self::OpenAiResponsesInputTokens | Self::OpenAiResponsesCompact
         )
     }
 }
@@ -110,7 +133,7 @@ impl Request {
                 Self::Messages(r)
             }
             Provider::AnthropicCountTokens => Self::Messages(serde_json::from_slice(body)?),
-            Provider::OpenAiResponses => {
+            Provider::OpenAiResponses | Provider::OpenAiResponsesCompact => {
                 let r: responses::ResponsesRequest = serde_json::from_slice(body)?;
                 if r.model.is_empty() {
                     return Err(<serde_json::Error as serde::de::Error>::missing_field("model"));
@@ -197,6 +220,7 @@ mod tests {
             ("/v1/messages/batches", None),
             ("/v1/responses", Some(Provider::OpenAiResponses)),
             ("/openai/v1/responses?x=1", Some(Provider::OpenAiResponses)),
+            ("/v1/responses/compact", Some(Provider::OpenAiResponsesCompact)),
             ("/v1/responses/resp_123", None),
             ("/v1/responses/resp_123/input_items", None),
             ("/v1/responses/resp_123/cancel", None),
@@ -279,5 +303,11 @@ mod tests {
         let count = Request::parse(Provider::OpenAiResponsesInputTokens, br#"{"input":"hi"}"#).unwrap();
         assert_eq!(count.to_vec().unwrap(), br#"{"input":"hi"}"#, "no model is added");
         assert!(!Provider::OpenAiResponsesInputTokens.generates());
+        // A compaction is billed, needs a model, and is never routed to another one.
+        let compact = Provider::OpenAiResponsesCompact;
+        assert!(compact.generates() && !compact.routable() && compact.is_responses());
+        assert!(Request::parse(compact, br#"{"input":"hi"}"#).is_err());
+        assert!(Request::parse(compact, br#"{"model":"m","input":"hi"}"#).is_ok());
+        assert!(Provider::OpenAiChat.routable() && !Provider::OpenAiEmbeddings.routable());
     }
 }
