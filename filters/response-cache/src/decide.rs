@@ -2,8 +2,9 @@
 //! `cache-control` asks, which scope a request is cached in, and whether (and how) a response is
 //! recorded. `filter.rs` reads the headers and applies these.
 
-use crate::config::{Config, Scope, SemanticScope};
+use crate::config::{Config, Scope, Semantic, SemanticScope};
 use crate::key::Bypass;
+use filter_core::verify::{self, Contrast, Verdict};
 
 /// The client's `cache-control` request directives the cache honours.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,43 @@ pub fn scopes(
         SemanticScope::Cache => Some(scope.clone()),
     };
     Ok((scope, semantic))
+}
+
+/// Why a semantic candidate is not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The verifier found the prompts ask different things.
+    Contrast(Contrast),
+    /// Different words and a similarity under `semantic.threshold`.
+    BelowThreshold,
+}
+
+impl Refused {
+    pub const fn contrast(self) -> Option<Contrast> {
+        match self {
+            Self::Contrast(c) => Some(c),
+            Self::BelowThreshold => None,
+        }
+    }
+
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Self::Contrast(c) => c.as_str(),
+            Self::BelowThreshold => "below the threshold",
+        }
+    }
+}
+
+/// Whether the sidecar's candidate (the cached `prompt`, at `similarity`, which the sidecar held
+/// to `same_words_threshold`) answers `asked`: no contrast ([`verify::compare`]), and the
+/// similarity reaches `threshold` unless both have the same content words.
+pub fn semantic_candidate(cfg: &Semantic, prompt: &str, asked: &str, similarity: f32) -> Result<(), Refused> {
+    match verify::compare(prompt, asked) {
+        Verdict::SameWords => Ok(()),
+        Verdict::Close if similarity >= cfg.threshold => Ok(()),
+        Verdict::Close => Err(Refused::BelowThreshold),
+        Verdict::Different(c) => Err(Refused::Contrast(c)),
+    }
 }
 
 /// The response headers that decide whether it is stored.
@@ -144,6 +182,32 @@ mod tests {
         filter_core::config::parse::<crate::config::RawConfig>(json.as_bytes())
             .and_then(crate::config::compile)
             .unwrap()
+    }
+
+    #[test]
+    fn a_semantic_candidate_is_served_only_without_a_contrast() {
+        let cfg = Semantic::default();
+        let ok = |a: &str, b: &str, sim: f32| semantic_candidate(&cfg, a, b, sim);
+        assert_eq!(
+            ok("What is 17 times 24?", "What is 17 times 23?", 0.99),
+            Err(Refused::Contrast(Contrast::Numbers))
+        );
+        // Different words: the threshold decides.
+        let (a, b) = (
+            "How do I renew my passport?",
+            "My passport expires soon and I travel next month, what must I do to renew it?",
+        );
+        assert_eq!(ok(a, b, cfg.threshold), Ok(()));
+        assert_eq!(ok(a, b, cfg.threshold - 0.01), Err(Refused::BelowThreshold));
+        // The same content words: whatever the sidecar returned (it applied the lower bar).
+        assert_eq!(
+            ok(
+                "how do i get a refund for my order",
+                "how do i get a refnd for my ordr",
+                0.39
+            ),
+            Ok(())
+        );
     }
 
     #[test]

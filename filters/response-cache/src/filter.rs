@@ -8,7 +8,6 @@ use crate::config::Config;
 use crate::decide::{self, ClientControl, Recording, ResponseHead};
 use crate::entry::{Entry, Recorder};
 use crate::key::{self, Bypass, Context as KeyContext, Keyed};
-use filter_core::verify::{self, Verdict};
 use filter_core::{Provider, headers};
 use filter_host::body::{self as host_body, Body};
 use filter_host::metrics::Record as _;
@@ -112,37 +111,6 @@ impl Http {
             let _ = http::resume_request(self.id);
         }
         Action::Continue
-    }
-}
-
-impl Http {
-    /// Whether a semantic candidate (the cached `prompt`, at `similarity`) answers `asked`: the
-    /// verifier finds no contrast, and the similarity reaches `threshold` (or
-    /// `same_words_threshold` for the same content words; the sidecar applied that one).
-    fn verified(&self, prompt: &str, asked: &str, similarity: f32) -> bool {
-        let cfg = &self.shared.config.semantic;
-        match verify::compare(prompt, asked) {
-            Verdict::SameWords => true,
-            Verdict::Close if similarity >= cfg.threshold => true,
-            Verdict::Close => {
-                log!(
-                    Debug,
-                    Some(self.id),
-                    "semantic candidate below the threshold ({similarity:.3})"
-                );
-                false
-            }
-            Verdict::Different(c) => {
-                self.shared.metrics.borrow_mut().refused.get(c.name()).inc();
-                log!(
-                    Debug,
-                    Some(self.id),
-                    "semantic candidate refused at {similarity:.3}: {}",
-                    c.as_str()
-                );
-                false
-            }
-        }
     }
 }
 

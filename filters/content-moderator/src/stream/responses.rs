@@ -7,7 +7,7 @@
 //! sequence and the provider's after them renumbered, so `sequence_number` stays consecutive. A
 //! block ends the stream with an `error` event and `response.failed`.
 
-use super::{Slot, Stream, Window, release};
+use super::{Slot, Stream, Window};
 use crate::config::Rules;
 use crate::moderate;
 use filter_core::api::responses::{OutputText, StreamText, for_each_item_text_mut, for_each_output_text_mut};
@@ -120,16 +120,7 @@ impl Stream {
             return Some(false);
         };
         super::push(&mut self.windows, key, slot, s);
-        let released = release(
-            &mut self.windows,
-            &mut self.findings,
-            &mut self.blocked,
-            rules,
-            &mut self.hold,
-            key,
-            slot,
-            false,
-        );
+        let released = self.release(rules, key, slot, false);
         let Some(released) = released else {
             self.block_event(rules, out);
             return None;

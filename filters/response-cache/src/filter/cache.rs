@@ -4,6 +4,7 @@
 
 use super::{Http, SIMILARITY_HEADER};
 use crate::config::Backend;
+use crate::decide;
 use crate::entry::{self, Entry};
 use filter_core::headers;
 use filter_host::metrics::Record as _;
@@ -69,6 +70,26 @@ impl Http {
                 shared.metrics.borrow().sidecar_errors.inc();
                 log!(Warn, Some(self.id), "cache lookup not sent: {e}");
                 self.miss(false)
+            }
+        }
+    }
+
+    /// Whether a semantic candidate (the cached `prompt`, at `similarity`) answers `asked`
+    /// ([`decide::semantic_candidate`]); a refusal is counted and logged with its reason.
+    pub(super) fn verified(&self, prompt: &str, asked: &str, similarity: f32) -> bool {
+        match decide::semantic_candidate(&self.shared.config.semantic, prompt, asked, similarity) {
+            Ok(()) => true,
+            Err(why) => {
+                if let Some(c) = why.contrast() {
+                    self.shared.metrics.borrow_mut().refused.get(c.name()).inc();
+                }
+                log!(
+                    Debug,
+                    Some(self.id),
+                    "semantic candidate refused at {similarity:.3}: {}",
+                    why.reason()
+                );
+                false
             }
         }
     }
